@@ -1,0 +1,102 @@
+"""The ledger's JSON API and HTML page."""
+
+from __future__ import annotations
+
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from flask import abort
+from flask import Blueprint
+from flask import render_template
+from flask import request
+
+from . import uow
+from .models import Account
+from .models import entries
+
+bp = Blueprint("ledger", __name__)
+
+
+class Overdraft(Exception):
+    """A transfer larger than the source account's balance."""
+
+
+@bp.app_errorhandler(Overdraft)
+def overdraft(e: Overdraft) -> tuple[dict[str, str], int]:
+    return {"error": str(e)}, 409
+
+
+@bp.app_errorhandler(sa_exc.IntegrityError)
+def conflict(e: sa_exc.IntegrityError) -> tuple[dict[str, str], int]:
+    return {"error": "That conflicts with existing data."}, 409
+
+
+@bp.get("/")
+def index() -> str:
+    accounts = uow.session.scalars(sa.select(Account).order_by(Account.name)).all()
+    return render_template("index.html", accounts=accounts)
+
+
+@bp.get("/accounts")
+def list_accounts() -> dict[str, t.Any]:
+    accounts = uow.session.scalars(sa.select(Account).order_by(Account.id))
+    return {"accounts": [a.to_json() for a in accounts]}
+
+
+def _json() -> dict[str, t.Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        abort(400, "Send a JSON object.")
+    return data
+
+
+@bp.post("/accounts")
+def open_account() -> tuple[dict[str, t.Any], int]:
+    data = _json()
+    name = data.get("name")
+    balance = _int_field(data, "balance") if "balance" in data else 0
+    if not isinstance(name, str) or not name or balance < 0:
+        abort(400, "Give a 'name' and a non-negative 'balance' in cents.")
+    account = Account(name=name, balance=balance)
+    uow.session.add(account)
+    uow.session.flush()  # Assigns the id; the commit happens at request end.
+    return account.to_json(), 201
+
+
+def _int_field(data: dict[str, t.Any], key: str) -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        abort(400, f"Give {key!r} as an integer.")
+    return value
+
+
+@bp.post("/transfers")
+def transfer() -> tuple[dict[str, t.Any], int]:
+    data = _json()
+    source_id, target_id = _int_field(data, "from"), _int_field(data, "to")
+    amount = _int_field(data, "amount")
+    if amount <= 0 or source_id == target_id:
+        abort(400, "The amount must be positive and the accounts different.")
+    locked = uow.session.scalars(
+        sa.select(Account)
+        .where(Account.id.in_([source_id, target_id]))
+        .order_by(Account.id)
+        .with_for_update()
+    ).all()
+    accounts = {a.id: a for a in locked}
+    if len(accounts) != 2:
+        abort(404, "Both accounts must exist.")
+    source, target = accounts[source_id], accounts[target_id]
+    if source.balance < amount:
+        raise Overdraft(f"Account {source.name!r} cannot cover {amount} cents.")
+    source.balance -= amount
+    target.balance += amount
+    uow.session.execute(
+        sa.insert(entries),
+        [
+            {"account_id": source.id, "amount": -amount},
+            {"account_id": target.id, "amount": amount},
+        ],
+    )
+    return {"from": source.to_json(), "to": target.to_json()}, 201

@@ -1,0 +1,188 @@
+"""Engines from ``UOW_ENGINES``, and the session that routes statements to them."""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import os
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+import sqlalchemy.orm as orm
+
+_URL_HELP = (
+    "Write it as 'dialect+driver://user:password@host/dbname', for example"
+    " 'sqlite:///app.db' or 'postgresql+psycopg://user@localhost/app'."
+)
+
+
+def create_engines(value: t.Any, instance_path: str) -> dict[str, sa.Engine]:
+    """Create one engine per entry of the ``UOW_ENGINES`` config value.
+
+    Nothing connects here; a pool opens its first connection when a session
+    first needs it. If one entry is invalid, the engines already created are
+    disposed before the error propagates.
+    """
+    if value is None:
+        raise RuntimeError(
+            "'UOW_ENGINES' is not set. Set it before calling 'init_app', for"
+            " example app.config['UOW_ENGINES'] = {'default': 'sqlite:///app.db'}."
+        )
+    if not isinstance(value, cabc.Mapping):
+        raise TypeError(
+            "'UOW_ENGINES' must be a dict that maps engine names to database URLs,"
+            f" not {type(value).__name__!r}. For example"
+            " {'default': 'sqlite:///app.db'}."
+        )
+    if "default" not in value:
+        raise RuntimeError(
+            "'UOW_ENGINES' has no 'default' engine. Add one, for example"
+            " app.config['UOW_ENGINES']['default'] = 'sqlite:///app.db'; other"
+            " names are extra engines selected with a table's 'bind_key'."
+        )
+    engines: dict[str, sa.Engine] = {}
+    try:
+        for name, options in value.items():
+            engines[name] = _create_engine(name, options, instance_path)
+    except BaseException:
+        for engine in engines.values():
+            engine.dispose()
+        raise
+    return engines
+
+
+def _create_engine(name: str, value: t.Any, instance_path: str) -> sa.Engine:
+    key = f"UOW_ENGINES[{name!r}]"
+    if isinstance(value, (str, sa.URL)):
+        options: dict[str, t.Any] = {"url": value}
+    elif isinstance(value, cabc.Mapping):
+        options = dict(value)
+        if "url" not in options:
+            raise ValueError(
+                f"{key} is a dict without a 'url' key. Add the database URL as"
+                f" 'url' beside the other 'create_engine' arguments. {_URL_HELP}"
+            )
+    else:
+        raise TypeError(
+            f"{key} must be a URL string or a dict of 'create_engine' arguments"
+            f" with a 'url' key, not {type(value).__name__!r}. {_URL_HELP}"
+        )
+    try:
+        url = sa.make_url(options.pop("url"))
+    except (sa_exc.ArgumentError, TypeError, ValueError):
+        # The original message may repeat the URL, password included.
+        raise ValueError(f"{key} is not a valid database URL. {_URL_HELP}") from None
+    url = _sqlite_defaults(url, options, instance_path)
+    try:
+        engine = sa.create_engine(url, **options)
+    except (sa_exc.ArgumentError, ImportError, TypeError) as e:
+        shown = url.render_as_string(hide_password=True)
+        raise ValueError(
+            f"{key} ({shown}) could not be turned into an engine: {e}. Check the"
+            " dialect and driver names, install the driver package, and pass only"
+            " arguments that 'sqlalchemy.create_engine' accepts."
+        ) from e
+    if engine.dialect.name == "sqlite" and engine.dialect.driver == "pysqlite":
+        _let_sqlalchemy_begin(engine)
+    return engine
+
+
+def _let_sqlalchemy_begin(engine: sa.Engine) -> None:
+    """Make SQLite transactions begin when SQLAlchemy begins them.
+
+    By default the ``sqlite3`` module emits BEGIN only before a data-changing
+    statement, so reads run outside the transaction, and a SAVEPOINT taken after
+    a read starts the real transaction; releasing it then commits everything.
+    Turning the module's own handling off and emitting BEGIN from SQLAlchemy's
+    ``begin`` event gives SQLite the same transaction boundaries as PostgreSQL.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def connect(dbapi_connection: t.Any, record: t.Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+def _sqlite_defaults(
+    url: sa.URL, options: dict[str, t.Any], instance_path: str
+) -> sa.URL:
+    """Apply the SQLite conventions of Flask extensions.
+
+    A relative database file is placed in the app's instance folder, and an
+    in-memory database is shared by every thread of the process (one
+    connection, ``StaticPool``) so that all requests see the same data.
+    """
+    if url.get_backend_name() != "sqlite":
+        return url
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("mode") == "memory":
+        options.setdefault("poolclass", sa.StaticPool)
+        connect_args = options.setdefault("connect_args", {})
+        connect_args.setdefault("check_same_thread", False)
+        return url
+    if database.startswith("file:") or os.path.isabs(database):
+        return url
+    os.makedirs(instance_path, exist_ok=True)
+    return url.set(database=os.path.join(instance_path, database))
+
+
+def bind_key_of(table: sa.Table) -> str | None:
+    """The ``bind_key`` of a table: its own ``info``, else its metadata's."""
+    key = table.info.get("bind_key")
+    if key is None:
+        key = table.metadata.info.get("bind_key")
+    return t.cast("str | None", key)
+
+
+def _table_of(mapper: t.Any, clause: t.Any) -> sa.Table | None:
+    if mapper is not None:
+        selectable = sa.inspect(mapper).local_table
+        if isinstance(selectable, sa.Table):
+            return selectable
+    if isinstance(clause, sa.Table):
+        return clause
+    if isinstance(clause, sa.sql.expression.UpdateBase):
+        table = getattr(clause, "table", None)
+        return table if isinstance(table, sa.Table) else None
+    if isinstance(clause, sa.Select):
+        for from_ in clause.get_final_froms():
+            if isinstance(from_, sa.Table):
+                return from_
+    return None
+
+
+class RoutingSession(orm.Session):
+    """A session bound to the ``default`` engine that sends statements on a
+    table with a ``bind_key`` to the engine of that name.
+    """
+
+    def __init__(self, *, engines: cabc.Mapping[str, sa.Engine], **kwargs: t.Any):
+        self._uow_engines = engines
+        super().__init__(**kwargs)
+
+    def get_bind(
+        self,
+        mapper: t.Any = None,
+        *,
+        clause: t.Any = None,
+        bind: t.Any = None,
+        **kwargs: t.Any,
+    ) -> sa.Engine | sa.Connection:
+        """Return the engine for a statement, honouring table bind keys."""
+        if bind is None:
+            table = _table_of(mapper, clause)
+            key = None if table is None else bind_key_of(table)
+            if key is not None:
+                try:
+                    return self._uow_engines[key]
+                except KeyError:
+                    raise sa_exc.UnboundExecutionError(
+                        f"Table {table.name!r} has bind_key {key!r}, but"  # type: ignore[union-attr]
+                        f" 'UOW_ENGINES' has no engine named {key!r}. Add"
+                        f" UOW_ENGINES[{key!r}] = '<database URL>' to the config,"
+                        " or correct the table's bind_key."
+                    ) from None
+        return super().get_bind(mapper, clause=clause, bind=bind, **kwargs)

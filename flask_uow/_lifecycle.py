@@ -1,0 +1,180 @@
+"""The request lifecycle: commit on the response path, teardown as a safety net."""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import typing as t
+import weakref
+
+import sqlalchemy as sa
+import sqlalchemy.orm as orm
+from flask import Flask
+from flask import g
+from flask import got_request_exception
+from flask import Response
+from flask.globals import _cv_request
+
+CommitVeto = cabc.Callable[[Response], bool]
+
+
+def default_commit_veto(response: Response) -> bool:
+    """The commit veto used unless one is registered with
+    :meth:`~flask_uow.UnitOfWork.commit_veto`: veto (roll back) every response
+    whose status is 400 or higher.
+
+    :param response: The response the request is about to send.
+    :return: ``True`` to roll back instead of committing.
+    """
+    return response.status_code >= 400
+
+
+class Unit:
+    """The unit of work of one request, or of one application context outside
+    requests. Its session is created on first use.
+    """
+
+    __slots__ = ("session", "finished", "failed", "rollback_only", "no_autocommit")
+
+    def __init__(self) -> None:
+        self.session: orm.Session | None = None
+        #: Set before the end-of-request commit or rollback, so that it runs once.
+        self.finished = False
+        #: An exception was raised while handling the request, handled or not.
+        self.failed = False
+        self.rollback_only = False
+        self.no_autocommit = False
+
+
+def scope_key(app: Flask) -> object:
+    """Return the object whose lifetime bounds *app*'s current unit of work.
+
+    While *app* handles a request, that is the request object, so every request
+    gets its own unit even when the test pushed one app context for several
+    requests. Elsewhere (CLI commands, jobs, shell, or a context of *app* pushed
+    inside another app's request) it is the application context's ``g``.
+
+    Flask has no public way to ask which app the current request context belongs
+    to, so this reads the private ``_cv_request`` context variable, in this one
+    place; ``tests/test_flask_contract.py`` fails loudly if Flask changes it.
+    """
+    ctx = _cv_request.get(None)
+    if ctx is not None and ctx.app is app:
+        return ctx.request
+    return g._get_current_object()
+
+
+class State:
+    """What one :class:`~flask_uow.UnitOfWork` keeps for one app."""
+
+    def __init__(
+        self,
+        engines: dict[str, sa.Engine],
+        factory: orm.sessionmaker[orm.Session],
+        autocommit: bool,
+        get_veto: cabc.Callable[[], CommitVeto],
+    ) -> None:
+        self.engines = engines
+        self.factory = factory
+        self.autocommit = autocommit
+        self.get_veto = get_veto
+        self.units: weakref.WeakKeyDictionary[object, Unit] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def unit(self, app: Flask) -> Unit:
+        """The current unit of work of *app*, created if there is none yet."""
+        key = scope_key(app)
+        unit = self.units.get(key)
+        if unit is None:
+            unit = self.units[key] = Unit()
+        return unit
+
+    def session(self, app: Flask) -> orm.Session:
+        """The current unit's session, created on first use."""
+        unit = self.unit(app)
+        session = unit.session
+        if session is None:
+            session = unit.session = self.factory()
+        return session
+
+    def note_failure(self, sender: Flask, **extra: t.Any) -> None:
+        """Receive ``got_request_exception``: the request's work must not commit."""
+        self.unit(sender).failed = True
+
+    def should_commit(self, unit: Unit, response: Response) -> bool:
+        """The end-of-request commit decision."""
+        if not self.autocommit or unit.failed or unit.rollback_only:
+            return False
+        if unit.no_autocommit:
+            return False
+        return not self.get_veto()(response)
+
+
+def install(app: Flask, state: State) -> None:
+    """Register the request hooks that drive *state*'s units of work on *app*."""
+
+    def finish_request(response: Response) -> Response:
+        unit = state.units.get(scope_key(app))
+        if unit is None or unit.finished:
+            return response
+        unit.finished = True
+        session = unit.session
+        if session is None:
+            return response
+        if not state.should_commit(unit, response):
+            rollback_quietly(app, session)
+            return response
+        try:
+            session.commit()
+        except Exception as e:
+            rollback_quietly(app, session)
+            # Give the commit error to the app's error handlers, as if the view
+            # had raised it; with no handler, this re-raises and Flask answers 500.
+            return app.make_response(app.handle_user_exception(e))
+        return response
+
+    original_handle_user_exception = app.handle_user_exception
+
+    def handle_user_exception(e: Exception) -> t.Any:
+        # Flask calls this for every exception raised by a view or a
+        # before_request hook, handled by an errorhandler or not; it is the one
+        # place a handled exception can be noticed.
+        state.unit(app).failed = True
+        return original_handle_user_exception(e)
+
+    def close_request_unit(exc: BaseException | None) -> None:
+        close_unit(app, state.units.pop(scope_key(app), None))
+
+    def close_context_unit(exc: BaseException | None) -> None:
+        close_unit(app, state.units.pop(g._get_current_object(), None))
+
+    app.after_request(finish_request)
+    app.teardown_request(close_request_unit)
+    app.teardown_appcontext(close_context_unit)
+    app.handle_user_exception = handle_user_exception  # type: ignore[method-assign]
+    # Exceptions raised after the view (by an after_request hook, say) never
+    # reach handle_user_exception; Flask announces them with this signal.
+    # The receiver is held by the (global) signal, so it must not refer to the
+    # app: blinker disconnects it when the app is garbage collected.
+    got_request_exception.connect(state.note_failure, app, weak=False)
+
+
+def rollback_quietly(app: Flask, session: orm.Session) -> None:
+    """Roll *session* back; a failure is logged, since the work is discarded
+    either way (the server rolls back when the connection is closed).
+    """
+    try:
+        session.rollback()
+    except Exception:
+        app.logger.exception("flask_uow: rolling back the session failed.")
+
+
+def close_unit(app: Flask, unit: Unit | None) -> None:
+    """Close a unit's session, rolling back what is left. Never raises."""
+    if unit is None or unit.session is None:
+        return
+    session, unit.session = unit.session, None
+    try:
+        session.close()
+    except Exception:
+        app.logger.exception("flask_uow: closing the session failed.")

@@ -1,0 +1,211 @@
+"""Fixtures shared by the test suite: databases, apps, and leak checks."""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import os
+import pathlib
+import typing as t
+import uuid
+import warnings
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask import has_app_context
+from flask import has_request_context
+
+from flask_uow import UnitOfWork
+
+from .models import metadata
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _start_pgserver(folder: pathlib.Path) -> tuple[str, t.Any]:
+    with warnings.catch_warnings():
+        # platformdirs, imported by pgserver, warns when XDG_RUNTIME_DIR is
+        # unset, as it is in CI.
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
+    uri = server.get_uri()
+    return uri.replace("postgresql://", "postgresql+psycopg://", 1), server
+
+
+@pytest.fixture(scope="session")
+def postgresql_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> cabc.Iterator[sa.URL]:
+    """A PostgreSQL server for the whole run: ``UOW_TEST_DATABASE_URL`` if set,
+    else one started from the ``pgserver`` package. If neither works the tests
+    that need it fail; they never skip.
+    """
+    url = os.environ.get("UOW_TEST_DATABASE_URL")
+    server = None
+    if not url:
+        try:
+            url, server = _start_pgserver(tmp_path_factory.mktemp("pgdata"))
+        except Exception as e:  # pragma: no cover - only when the server breaks
+            pytest.fail(
+                f"Could not start a PostgreSQL server with 'pgserver' ({e!r})."
+                " Install the test extra, or set UOW_TEST_DATABASE_URL to a"
+                " server where this user may create databases."
+            )
+    try:
+        yield sa.make_url(url)
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgresql_database(
+    postgresql_server: sa.URL, worker_id: str
+) -> cabc.Iterator[str]:
+    """A database of this test process's own (one per pytest-xdist worker)."""
+    name = f"flask_uow_test_{worker_id}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(
+        postgresql_server, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+    )
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgresql_server.set(database=name).render_as_string(False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database backend of a test parametrized over both."""
+    return t.cast(str, request.param)
+
+
+@pytest.fixture
+def db_url(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> cabc.Iterator[str]:
+    """The URL of an empty database with the test tables, on ``backend``."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        url = request.getfixturevalue("postgresql_database")
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    engine.dispose()
+    yield url
+
+
+class Database:
+    """Reads the test database through its own connection, as another client
+    of the database would see it.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = sa.create_engine(url, poolclass=sa.NullPool)
+
+    def scalar(self, sql: str, **params: t.Any) -> t.Any:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
+
+    def names(self, table: str = "items") -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT name FROM {table} ORDER BY name"))
+            return [row[0] for row in rows]
+
+
+@pytest.fixture
+def db(db_url: str) -> cabc.Iterator[Database]:
+    """A separate connection's view of the test database."""
+    database = Database(db_url)
+    yield database
+    database.engine.dispose()
+
+
+AppFactory = cabc.Callable[..., Flask]
+
+
+class PoolWatch:
+    """Counts connections checked out of and back into an app's pools, for
+    every kind of pool (StaticPool has no ``checkedout()``).
+    """
+
+    def __init__(self, engines: cabc.Iterable[sa.Engine]) -> None:
+        self.out: dict[str, int] = {}
+        for engine in engines:
+            self._watch(engine)
+
+    def _watch(self, engine: sa.Engine) -> None:
+        name = engine.url.render_as_string()
+        self.out[name] = 0
+
+        @sa.event.listens_for(engine, "checkout")
+        def checkout(*args: t.Any) -> None:
+            self.out[name] += 1
+
+        @sa.event.listens_for(engine, "checkin")
+        def checkin(*args: t.Any) -> None:
+            self.out[name] -= 1
+
+    def leaked(self) -> dict[str, int]:
+        return {name: n for name, n in self.out.items() if n}
+
+
+def check_no_leaks(uow: UnitOfWork, app: Flask, watch: PoolWatch) -> None:
+    """No connection checked out of any pool, no context left pushed."""
+    assert not has_request_context(), "a request context was left pushed"
+    assert not has_app_context(), "an application context was left pushed"
+    assert watch.leaked() == {}, "connections left checked out"
+
+
+def watch_pools(uow: UnitOfWork, app: Flask) -> PoolWatch:
+    with app.app_context():
+        return PoolWatch(uow.engines.values())
+
+
+@pytest.fixture
+def uow() -> UnitOfWork:
+    """A fresh extension instance."""
+    return UnitOfWork()
+
+
+@pytest.fixture
+def make_app(
+    uow: UnitOfWork, db_url: str, tmp_path: pathlib.Path
+) -> cabc.Iterator[AppFactory]:
+    """Build apps set up with ``uow`` on the test database; after the test,
+    check that each leaked nothing, then dispose its engines.
+    """
+    apps: list[tuple[Flask, PoolWatch]] = []
+
+    def make(*, init: bool = True, **config: t.Any) -> Flask:
+        app = Flask(
+            f"app{len(apps)}",
+            root_path=str(tmp_path),
+            instance_path=str(tmp_path / "instance"),
+        )
+        app.config["UOW_ENGINES"] = {"default": db_url}
+        app.config.update(config)
+        if init:
+            uow.init_app(app)
+            apps.append((app, watch_pools(uow, app)))
+        return app
+
+    yield make
+    for app, watch in apps:
+        try:
+            check_no_leaks(uow, app, watch)
+        finally:
+            uow.dispose_engines(app)
+
+
+@pytest.fixture
+def flask_app(make_app: AppFactory) -> Flask:
+    """An app set up with ``uow`` on the test database."""
+    return make_app()

@@ -1,0 +1,35 @@
+"""Tables used by the tests."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+import sqlalchemy.orm as orm
+
+metadata = sa.MetaData()
+
+
+class Base(orm.DeclarativeBase):
+    metadata = metadata
+
+
+class Item(Base):
+    """An ORM model with a unique name."""
+
+    __tablename__ = "items"
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(50), unique=True)
+
+
+#: A Core table whose UNIQUE constraint is checked only at COMMIT on PostgreSQL
+#: (SQLite cannot defer one, so it gets an immediate one).
+tags = sa.Table(
+    "tags",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(50), nullable=False),
+    sa.UniqueConstraint("name", deferrable=True, initially="DEFERRED").ddl_if(
+        dialect="postgresql"
+    ),
+    sa.UniqueConstraint("name").ddl_if(dialect="sqlite"),
+)
