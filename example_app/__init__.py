@@ -27,10 +27,12 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
         app.config.update(config)
     uow.init_app(app)
 
+    from . import audit
     from . import models
     from . import views
 
     with app.app_context():
         models.Base.metadata.create_all(uow.engine)
     app.register_blueprint(views.bp)
+    audit.init_app(app)
     return app

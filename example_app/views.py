@@ -12,6 +12,7 @@ from flask import render_template
 from flask import request
 
 from . import uow
+from .audit import audit_log
 from .models import Account
 from .models import entries
 
@@ -42,6 +43,12 @@ def index() -> str:
 def list_accounts() -> dict[str, t.Any]:
     accounts = uow.session.scalars(sa.select(Account).order_by(Account.id))
     return {"accounts": [a.to_json() for a in accounts]}
+
+
+@bp.get("/audit")
+def list_audit() -> dict[str, t.Any]:
+    rows = uow.session.execute(sa.select(audit_log).order_by(audit_log.c.id))
+    return {"entries": [{**row._asdict(), "at": row.at.isoformat()} for row in rows]}
 
 
 def _json() -> dict[str, t.Any]:

@@ -1,4 +1,23 @@
+from . import signals as signals
+from ._changes import Change as Change
 from ._extension import UnitOfWork as UnitOfWork
 from ._lifecycle import default_commit_veto as default_commit_veto
+from ._retry import is_transient_error as is_transient_error
+from .signals import after_begin as after_begin
+from .signals import after_commit as after_commit
+from .signals import after_rollback as after_rollback
+from .signals import before_commit as before_commit
+from .signals import before_retry as before_retry
 
-__all__ = ["UnitOfWork", "default_commit_veto"]
+__all__ = [
+    "Change",
+    "UnitOfWork",
+    "after_begin",
+    "after_commit",
+    "after_rollback",
+    "before_commit",
+    "before_retry",
+    "default_commit_veto",
+    "is_transient_error",
+    "signals",
+]

@@ -15,6 +15,11 @@ _URL_HELP = (
     " 'sqlite:///app.db' or 'postgresql+psycopg://user@localhost/app'."
 )
 
+_RESERVED_SESSION_OPTIONS = {
+    "bind": "the 'default' entry of 'UOW_ENGINES' is the session's bind",
+    "class_": "flask_uow's session class routes statements by bind key",
+}
+
 
 def create_engines(value: t.Any, instance_path: str) -> dict[str, sa.Engine]:
     """Create one engine per entry of the ``UOW_ENGINES`` config value.
@@ -129,6 +134,39 @@ def _sqlite_defaults(
     return url.set(database=os.path.join(instance_path, database))
 
 
+def check_config(config: cabc.Mapping[str, t.Any]) -> None:
+    autocommit = config["UOW_AUTOCOMMIT"]
+    if not isinstance(autocommit, bool):
+        raise TypeError(
+            "'UOW_AUTOCOMMIT' must be True or False, not"
+            f" {type(autocommit).__name__!r}."
+        )
+    for key in ("UOW_RETRY_DELAY", "UOW_RETRY_MAX_DELAY"):
+        value = config[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(
+                f"{key!r} must be a number of seconds, not {value!r}. For"
+                f" example app.config[{key!r}] = 0.1."
+            )
+        if value < 0:
+            raise ValueError(f"{key!r} is negative ({value!r}). Use 0 or more.")
+
+
+def session_options(value: t.Any) -> dict[str, t.Any]:
+    if not isinstance(value, cabc.Mapping):
+        raise TypeError(
+            "'UOW_SESSION_OPTIONS' must be a dict of 'sqlalchemy.orm.Session'"
+            f" keyword arguments, not {type(value).__name__!r}."
+        )
+    for name, reason in _RESERVED_SESSION_OPTIONS.items():
+        if name in value:
+            raise ValueError(
+                f"'UOW_SESSION_OPTIONS' must not set {name!r}: {reason}. Remove"
+                " it, and configure engines in 'UOW_ENGINES'."
+            )
+    return dict(value)
+
+
 def bind_key_of(table: sa.Table) -> str | None:
     """The ``bind_key`` of a table: its own ``info``, else its metadata's."""
     key = table.info.get("bind_key")
@@ -159,8 +197,16 @@ class RoutingSession(orm.Session):
     table with a ``bind_key`` to the engine of that name.
     """
 
-    def __init__(self, *, engines: cabc.Mapping[str, sa.Engine], **kwargs: t.Any):
+    def __init__(
+        self,
+        *,
+        engines: cabc.Mapping[str, sa.Engine],
+        uow_unit: object = None,
+        **kwargs: t.Any,
+    ):
         self._uow_engines = engines
+        #: The flask_uow unit of work this session belongs to.
+        self.uow_unit = uow_unit
         super().__init__(**kwargs)
 
     def get_bind(

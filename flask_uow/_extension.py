@@ -15,13 +15,24 @@ from flask import current_app
 from flask import Flask
 from flask import has_app_context
 
+from ._engines import check_config
 from ._engines import create_engines
 from ._engines import RoutingSession
+from ._engines import session_options
 from ._lifecycle import CommitVeto
 from ._lifecycle import default_commit_veto
 from ._lifecycle import install
+from ._lifecycle import RetryClassifier
 from ._lifecycle import State
 from ._lifecycle import Unit
+from ._retry import is_transient_error
+from ._transaction import callback_list
+from ._transaction import check_decoratable
+from ._transaction import check_isolation_level
+from ._transaction import check_retries
+from ._transaction import Retrier
+from ._transaction import transaction_argument_error
+from ._transaction import TransactionBlock
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
@@ -31,11 +42,6 @@ _NO_APP_CONTEXT = (
     " database to use. Use it inside a request or a CLI command, or push a"
     " context with 'with app.app_context():'."
 )
-
-_RESERVED_SESSION_OPTIONS = {
-    "bind": "the 'default' entry of 'UOW_ENGINES' is the session's bind",
-    "class_": "flask_uow's session class routes statements by bind key",
-}
 
 
 def _dispose_engines(engines: cabc.Iterable[sa.Engine]) -> None:
@@ -65,6 +71,7 @@ class UnitOfWork:
             weakref.WeakKeyDictionary()
         )
         self._commit_veto: CommitVeto = default_commit_veto
+        self._retry_classifier: RetryClassifier = is_transient_error
         if app is not None:
             self.init_app(app)
 
@@ -90,13 +97,10 @@ class UnitOfWork:
             )
         app.config.setdefault("UOW_SESSION_OPTIONS", {})
         app.config.setdefault("UOW_AUTOCOMMIT", True)
-        autocommit = app.config["UOW_AUTOCOMMIT"]
-        if not isinstance(autocommit, bool):
-            raise TypeError(
-                "'UOW_AUTOCOMMIT' must be True or False, not"
-                f" {type(autocommit).__name__!r}."
-            )
-        options = _session_options(app.config["UOW_SESSION_OPTIONS"])
+        app.config.setdefault("UOW_RETRY_DELAY", 0.05)
+        app.config.setdefault("UOW_RETRY_MAX_DELAY", 2.0)
+        check_config(app.config)
+        options = session_options(app.config["UOW_SESSION_OPTIONS"])
         engines = create_engines(app.config.get("UOW_ENGINES"), app.instance_path)
         try:
             factory: orm.sessionmaker[orm.Session] = orm.sessionmaker(
@@ -109,7 +113,13 @@ class UnitOfWork:
                 f"'UOW_SESSION_OPTIONS' has an option the session does not accept:"
                 f" {e}. Use only keyword arguments of 'sqlalchemy.orm.Session'."
             ) from e
-        state = State(engines, factory, autocommit, lambda: self._commit_veto)
+        state = State(
+            engines,
+            factory,
+            app.config,
+            lambda: self._commit_veto,
+            lambda: self._retry_classifier,
+        )
         install(app, state)
         self._states[app] = state
         app.extensions["uow"] = self
@@ -166,12 +176,21 @@ class UnitOfWork:
         _dispose_engines(self._state(app)[1].engines.values())
 
     def mark_rollback_only(self) -> None:
-        """Make the current unit of work roll back at its end instead of
+        """Make the current transaction roll back at its end instead of
         committing, without raising an exception.
+
+        Inside :meth:`transaction` or :meth:`transactional` this applies to the
+        innermost one (for a nested one, only its savepoint is rolled back).
+        Outside of them it applies to the whole unit of work: the request's work
+        is rolled back at its end.
 
         :raise RuntimeError: There is no application context.
         """
-        self._unit().rollback_only = True
+        unit = self._unit()
+        if unit.frames:
+            unit.frames[-1].rollback_only = True
+        else:
+            unit.rollback_only = True
 
     def no_autocommit(self, view: cabc.Callable[P, R]) -> cabc.Callable[P, R]:
         """Decorate a view whose work must never be committed at the end of the
@@ -196,6 +215,191 @@ class UnitOfWork:
 
         return wrapper
 
+    def transaction(
+        self,
+        *,
+        durable: bool = False,
+        isolation_level: str | None = None,
+        **unsupported: t.Any,
+    ) -> t.ContextManager[orm.Session]:
+        """A block that runs in a transaction of the current unit of work, and
+        yields its session.
+
+        The outermost block commits when it ends normally, and rolls back and
+        re-raises when an exception escapes it. A block inside another one is a
+        SAVEPOINT: an exception escaping it rolls back only the savepoint, and
+        the outer transaction can still commit.
+
+        Beginning an outermost block is a commit point: work the unit of work
+        did before it (a ``before_request`` hook that loaded the current user,
+        say) is committed first, so that the block starts a fresh transaction
+        in which an isolation level and retries can apply. This holds with
+        ``UOW_AUTOCOMMIT`` off and outside requests too. The earlier work is
+        rolled back instead if the unit of work is already marked to roll back
+        (after an exception, :meth:`mark_rollback_only` or in a
+        :meth:`no_autocommit` view).
+
+        .. code-block:: python
+
+            with uow.transaction() as session:
+                session.add(Order(...))
+
+        A block cannot be re-run, so it takes no ``retries``; decorate a
+        function with :meth:`transactional` to retry.
+
+        :param durable: Raise ``RuntimeError`` when the block is nested inside
+            another transaction, instead of making it a savepoint: its commit is
+            meant to be final.
+        :param isolation_level: For example ``"SERIALIZABLE"``: the isolation
+            level of this transaction only, on the connection of the
+            ``"default"`` engine. Only for an outermost transaction.
+        :raise RuntimeError: There is no application context; or, when the
+            block begins, *durable* or *isolation_level* was given to a nested
+            transaction.
+        :raise TypeError: ``retries`` or another unknown argument was given.
+        :raise ValueError: *isolation_level* is not an isolation level.
+        """
+        if unsupported:
+            raise TypeError(transaction_argument_error(unsupported))
+        level = check_isolation_level(isolation_level)
+        app, state = self._state()
+        return TransactionBlock(app, state, durable, level)
+
+    @t.overload
+    def transactional(self, fn: cabc.Callable[P, R], /) -> cabc.Callable[P, R]: ...
+
+    @t.overload
+    def transactional(
+        self,
+        fn: None = None,
+        /,
+        *,
+        retries: int = 0,
+        durable: bool = False,
+        isolation_level: str | None = None,
+    ) -> cabc.Callable[[cabc.Callable[P, R]], cabc.Callable[P, R]]: ...
+
+    def transactional(
+        self,
+        fn: t.Any = None,
+        /,
+        *,
+        retries: int = 0,
+        durable: bool = False,
+        isolation_level: str | None = None,
+    ) -> t.Any:
+        """Decorate a function (a view, a blueprint's view, or any function
+        called in an app context) so that each call runs in a transaction, as
+        with :meth:`transaction`. Use it bare or with arguments. ``async def``
+        functions are supported.
+
+        On a view, the transaction commits when the view returns, before the
+        response is built, so a failed commit reaches the app's error handlers
+        like any exception raised by the view.
+
+        .. code-block:: python
+
+            @app.post("/transfers")
+            @uow.transactional(retries=3, isolation_level="SERIALIZABLE")
+            def transfer():
+                ...
+
+        :param retries: When the function or its commit raises an error that
+            the retry classifier calls transient (see
+            :func:`~flask_uow.is_transient_error`), roll back, wait, and call the
+            function again, at most this many more times; then re-raise the
+            last error. Only an outermost transaction is retried: a nested one
+            lets the error reach the outermost. The wait before retry *n* is a
+            random time up to ``UOW_RETRY_DELAY * 2 ** (n - 1)`` seconds, capped
+            at ``UOW_RETRY_MAX_DELAY``. Retried functions must be safe to run
+            again: keep side effects for :meth:`on_commit`.
+        :param durable: See :meth:`transaction`.
+        :param isolation_level: See :meth:`transaction`.
+        :raise TypeError: *fn* is not callable or is a generator function, or
+            *retries* is not an int.
+        :raise ValueError: *retries* is negative, or *isolation_level* is not an
+            isolation level.
+        :raise RuntimeError: When called: there is no application context, or
+            *durable* or *isolation_level* was given to a nested transaction.
+        """
+        retries = check_retries(retries)
+        level = check_isolation_level(isolation_level)
+
+        def decorate(fn: cabc.Callable[P, R]) -> cabc.Callable[P, R]:
+            check_decoratable(fn)
+
+            def retrier() -> Retrier:
+                app, state = self._state()
+                return Retrier(app, state, retries, durable, level)
+
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> t.Any:
+                    return await retrier().call_async(fn, args, kwargs)
+
+                return t.cast("cabc.Callable[P, R]", async_wrapper)
+
+            @functools.wraps(fn)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                return retrier().call(fn, args, kwargs)
+
+            return wrapper
+
+        if fn is not None:
+            return decorate(fn)
+        return decorate
+
+    def on_commit(self, callback: cabc.Callable[[], object]) -> None:
+        """Run *callback* (with no arguments) after the enclosing unit of work
+        commits: the outermost :meth:`transaction` around this call, or, outside
+        of one, the next commit of the session (in a request, the end-of-request
+        commit). Use it for side effects that must not happen unless the data
+        is saved, such as sending an email or enqueueing a task.
+
+        Callbacks run in the order they were registered. They never run when
+        the transaction rolls back; one registered inside a savepoint that rolls
+        back is dropped. A callback that raises is logged with the app's logger
+        and the others still run; the commit stands and the response is
+        unchanged.
+
+        A callback that writes should open its own :meth:`transaction`. Writes
+        it makes without one join the unit of work's next transaction: in a
+        request, they are committed or rolled back with the rest of the
+        request's work, unless the request has already finished (callbacks of
+        the end-of-request commit run after it), in which case they are rolled
+        back when the session closes.
+
+        :param callback: A function taking no arguments.
+        :raise TypeError: *callback* is not callable.
+        :raise RuntimeError: There is no application context.
+        """
+        if not callable(callback):
+            raise TypeError(
+                f"'on_commit' needs a function to call, not"
+                f" {type(callback).__name__!r}. Pass the function itself, or a"
+                " lambda or functools.partial to give it arguments."
+            )
+        app, state = self._state()
+        state.session(app)  # The callback waits for this session's commit.
+        callback_list(state.unit(app)).append(callback)
+
+    def retry_classifier(self, classifier: RetryClassifier) -> RetryClassifier:
+        """Register the function that decides whether an error is transient,
+        so that a transaction with ``retries`` runs again after it. It replaces
+        :func:`~flask_uow.is_transient_error` for every app of this instance
+        and can be used as a decorator; call the default from it to extend it.
+
+        :param classifier: ``classifier(exc) -> bool``; ``True`` means retry.
+        """
+        if not callable(classifier):
+            raise TypeError(
+                f"'retry_classifier' needs a function taking the exception, not"
+                f" {type(classifier).__name__!r}."
+            )
+        self._retry_classifier = classifier
+        return classifier
+
     def commit_veto(self, veto: CommitVeto) -> CommitVeto:
         """Register the function that decides, from the response, whether a
         successful request must roll back instead of committing. It replaces
@@ -214,18 +418,3 @@ class UnitOfWork:
             )
         self._commit_veto = veto
         return veto
-
-
-def _session_options(value: t.Any) -> dict[str, t.Any]:
-    if not isinstance(value, cabc.Mapping):
-        raise TypeError(
-            "'UOW_SESSION_OPTIONS' must be a dict of 'sqlalchemy.orm.Session'"
-            f" keyword arguments, not {type(value).__name__!r}."
-        )
-    for name, reason in _RESERVED_SESSION_OPTIONS.items():
-        if name in value:
-            raise ValueError(
-                f"'UOW_SESSION_OPTIONS' must not set {name!r}: {reason}. Remove"
-                " it, and configure engines in 'UOW_ENGINES'."
-            )
-    return dict(value)

@@ -14,7 +14,17 @@ from flask import got_request_exception
 from flask import Response
 from flask.globals import _cv_request
 
+from . import signals
+from ._bridge import has_receivers
+from ._bridge import listen
+from ._bridge import send_quietly
+from ._changes import ChangeSet
+
+if t.TYPE_CHECKING:
+    from ._transaction import Frame
+
 CommitVeto = cabc.Callable[[Response], bool]
+RetryClassifier = cabc.Callable[[BaseException], bool]
 
 
 def default_commit_veto(response: Response) -> bool:
@@ -33,7 +43,18 @@ class Unit:
     requests. Its session is created on first use.
     """
 
-    __slots__ = ("session", "finished", "failed", "rollback_only", "no_autocommit")
+    __slots__ = (
+        "session",
+        "finished",
+        "failed",
+        "rollback_only",
+        "no_autocommit",
+        "frames",
+        "pending",
+        "ready",
+        "began",
+        "change_sets",
+    )
 
     def __init__(self) -> None:
         self.session: orm.Session | None = None
@@ -43,6 +64,16 @@ class Unit:
         self.failed = False
         self.rollback_only = False
         self.no_autocommit = False
+        #: The active ``uow.transaction()`` blocks, outermost first.
+        self.frames: list[Frame] = []
+        #: on_commit callbacks waiting for the session's next real commit.
+        self.pending: list[cabc.Callable[[], object]] = []
+        #: on_commit callbacks whose commit happened, waiting to be run.
+        self.ready: list[cabc.Callable[[], object]] = []
+        #: A database transaction began on a connection (reset at its end).
+        self.began = False
+        #: Changes recorded per transaction level, while signals have receivers.
+        self.change_sets: dict[orm.SessionTransaction, ChangeSet] = {}
 
 
 def scope_key(app: Flask) -> object:
@@ -70,13 +101,17 @@ class State:
         self,
         engines: dict[str, sa.Engine],
         factory: orm.sessionmaker[orm.Session],
-        autocommit: bool,
+        config: cabc.Mapping[str, t.Any],
         get_veto: cabc.Callable[[], CommitVeto],
+        get_classifier: cabc.Callable[[], RetryClassifier],
     ) -> None:
         self.engines = engines
         self.factory = factory
-        self.autocommit = autocommit
+        self.autocommit: bool = config["UOW_AUTOCOMMIT"]
+        self.retry_delay: float = config["UOW_RETRY_DELAY"]
+        self.max_delay: float = config["UOW_RETRY_MAX_DELAY"]
         self.get_veto = get_veto
+        self.get_classifier = get_classifier
         self.units: weakref.WeakKeyDictionary[object, Unit] = (
             weakref.WeakKeyDictionary()
         )
@@ -94,12 +129,30 @@ class State:
         unit = self.unit(app)
         session = unit.session
         if session is None:
-            session = unit.session = self.factory()
+            session = unit.session = self.factory(uow_unit=unit)
         return session
 
     def note_failure(self, sender: Flask, **extra: t.Any) -> None:
         """Receive ``got_request_exception``: the request's work must not commit."""
         self.unit(sender).failed = True
+
+    def before_retry(
+        self, app: Flask, session: orm.Session, exc: BaseException, attempt: int
+    ) -> None:
+        """Called before a transactional function is run again."""
+        app.logger.info(
+            "flask_uow: retrying a transaction (retry %d) after %s.",
+            attempt,
+            type(exc).__name__,
+        )
+        if has_receivers(signals.before_retry, app):
+            send_quietly(
+                app,
+                signals.before_retry,
+                session=session,
+                exception=exc,
+                attempt=attempt,
+            )
 
     def should_commit(self, unit: Unit, response: Response) -> bool:
         """The end-of-request commit decision."""
@@ -122,6 +175,7 @@ def install(app: Flask, state: State) -> None:
         if session is None:
             return response
         if not state.should_commit(unit, response):
+            unit.pending.clear()
             rollback_quietly(app, session)
             return response
         try:
@@ -131,6 +185,7 @@ def install(app: Flask, state: State) -> None:
             # Give the commit error to the app's error handlers, as if the view
             # had raised it; with no handler, this re-raises and Flask answers 500.
             return app.make_response(app.handle_user_exception(e))
+        run_callbacks(app, unit)
         return response
 
     original_handle_user_exception = app.handle_user_exception
@@ -143,11 +198,12 @@ def install(app: Flask, state: State) -> None:
         return original_handle_user_exception(e)
 
     def close_request_unit(exc: BaseException | None) -> None:
-        close_unit(app, state.units.pop(scope_key(app), None))
+        close_unit(app, state, scope_key(app))
 
     def close_context_unit(exc: BaseException | None) -> None:
-        close_unit(app, state.units.pop(g._get_current_object(), None))
+        close_unit(app, state, g._get_current_object())
 
+    listen(state.factory)
     app.after_request(finish_request)
     app.teardown_request(close_request_unit)
     app.teardown_appcontext(close_context_unit)
@@ -169,11 +225,36 @@ def rollback_quietly(app: Flask, session: orm.Session) -> None:
         app.logger.exception("flask_uow: rolling back the session failed.")
 
 
-def close_unit(app: Flask, unit: Unit | None) -> None:
-    """Close a unit's session, rolling back what is left. Never raises."""
-    if unit is None or unit.session is None:
+def run_callbacks(app: Flask, unit: Unit) -> None:
+    """Run the unit's on_commit callbacks whose commit has happened, in the
+    order they were registered. One that raises is logged; the rest still run.
+    """
+    while unit.ready:
+        callback = unit.ready.pop(0)
+        try:
+            callback()
+        except Exception:
+            app.logger.exception(
+                "flask_uow: the on_commit callback %r failed; the commit stands.",
+                callback,
+            )
+
+
+def close_unit(app: Flask, state: State, key: object) -> None:
+    """End the unit of work stored under *key*: run the callbacks whose commit
+    happened (they may still use the unit), then close its session, rolling
+    back what is left. Never raises.
+    """
+    unit = state.units.get(key)
+    if unit is None:
         return
+    run_callbacks(app, unit)
+    del state.units[key]
     session, unit.session = unit.session, None
+    if session is None:
+        return
+    if session.in_transaction():
+        rollback_quietly(app, session)  # Rolled back explicitly, so it is signalled.
     try:
         session.close()
     except Exception:

@@ -191,6 +191,7 @@ def make_app(
             instance_path=str(tmp_path / "instance"),
         )
         app.config["UOW_ENGINES"] = {"default": db_url}
+        app.config["UOW_RETRY_DELAY"] = 0  # Retries without waiting.
         app.config.update(config)
         if init:
             uow.init_app(app)

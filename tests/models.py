@@ -33,3 +33,12 @@ tags = sa.Table(
     ),
     sa.UniqueConstraint("name").ddl_if(dialect="sqlite"),
 )
+
+
+class Counter(Base):
+    """A row that concurrent requests increment."""
+
+    __tablename__ = "counters"
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    value: orm.Mapped[int] = orm.mapped_column(default=0)

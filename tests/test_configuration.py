@@ -278,6 +278,9 @@ def test_session_options_are_used(make_app: AppFactory, uow: UnitOfWork) -> None
             r"an option the session does not accept: .*autoflush_please",
         ),
         ({"UOW_AUTOCOMMIT": "yes"}, TypeError, r"'UOW_AUTOCOMMIT' must be True or"),
+        ({"UOW_RETRY_DELAY": "0.1"}, TypeError, r"must be a number of seconds"),
+        ({"UOW_RETRY_MAX_DELAY": True}, TypeError, r"must be a number of seconds"),
+        ({"UOW_RETRY_DELAY": -1}, ValueError, r"is negative \(-1\)\. Use 0"),
     ],
 )
 def test_bad_settings_are_refused_in_init_app(

@@ -64,6 +64,43 @@ def test_duplicate_account_is_409(ledger: Flask, db: Database) -> None:
     assert db.scalar("SELECT count(*) FROM accounts") == 2
 
 
+def test_audit_log_records_who_changed_what(ledger: Flask, db: Database) -> None:
+    """A transfer is audited in the same transaction: one row per change,
+    with the actor from the X-User header and old and new values.
+    """
+    client = ledger.test_client()
+    response = client.post(
+        "/transfers",
+        json={"from": 1, "to": 2, "amount": 300},
+        headers={"X-User": "carol"},
+    )
+    assert response.status_code == 201
+    entries = client.get("/audit").json["entries"]  # type: ignore[index]
+    transfer = [e for e in entries if e["actor"] == "carol"]
+    assert sorted(
+        (e["operation"], e["table_name"], e["changes"]) for e in transfer
+    ) == [
+        ("insert", "entries", '{"account_id": [null, 1], "amount": [null, -300]}'),
+        ("insert", "entries", '{"account_id": [null, 2], "amount": [null, 300]}'),
+        ("update", "accounts", '{"balance": [0, 300]}'),
+        ("update", "accounts", '{"balance": [1000, 700]}'),
+    ]
+    opened = [e for e in entries if e["actor"] == "anonymous"]
+    assert [(e["operation"], e["row_id"]) for e in opened] == [
+        ("insert", "1"),
+        ("insert", "2"),
+    ]
+
+
+def test_overdraft_is_not_audited(ledger: Flask, db: Database) -> None:
+    """A rolled back transfer leaves no audit row."""
+    before = db.scalar("SELECT count(*) FROM audit_log")
+    client = ledger.test_client()
+    response = client.post("/transfers", json={"from": 1, "to": 2, "amount": 5000})
+    assert response.status_code == 409
+    assert db.scalar("SELECT count(*) FROM audit_log") == before
+
+
 def test_pages_and_bad_input(ledger: Flask) -> None:
     """The HTML page lists accounts; bad JSON gets a 400."""
     client = ledger.test_client()
