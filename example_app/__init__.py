@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import typing as t
 
+import click
+import sqlalchemy as sa
 from flask import Flask
 
 from flask_uow import UnitOfWork
@@ -31,8 +33,22 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     from . import models
     from . import views
 
-    with app.app_context():
+    with app.app_context():  # Tables are created on first start.
         models.Base.metadata.create_all(uow.engine)
     app.register_blueprint(views.bp)
     audit.init_app(app)
+    app.cli.add_command(seed)
     return app
+
+
+@click.command("seed")
+@click.option("--balance", default=10_000, help="Opening balance in cents.")
+def seed(balance: int) -> None:
+    """Open the demo accounts alice, bob and carol if they do not exist."""
+    from .models import Account
+
+    with uow.transaction() as session:
+        existing = set(session.scalars(sa.select(Account.name)))
+        names = [n for n in ("alice", "bob", "carol") if n not in existing]
+        session.add_all(Account(name=name, balance=balance) for name in names)
+    click.echo(f"Opened {len(names)} account(s).")

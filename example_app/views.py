@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import typing as t
 
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from flask import Blueprint
 from flask import render_template
 from flask import request
 
+from . import notify
 from . import uow
 from .audit import audit_log
 from .models import Account
@@ -43,6 +45,11 @@ def index() -> str:
 def list_accounts() -> dict[str, t.Any]:
     accounts = uow.session.scalars(sa.select(Account).order_by(Account.id))
     return {"accounts": [a.to_json() for a in accounts]}
+
+
+@bp.get("/notifications")
+def list_notifications() -> dict[str, list[str]]:
+    return {"notifications": notify.outbox()}
 
 
 @bp.get("/audit")
@@ -78,8 +85,25 @@ def _int_field(data: dict[str, t.Any], key: str) -> int:
     return value
 
 
+@bp.get("/accounts/<int:account_id>")
+def account_page(account_id: int) -> str:
+    account = uow.session.get(Account, account_id)
+    if account is None:
+        abort(404, "No such account.")
+    rows = uow.session.execute(
+        sa.select(entries)
+        .where(entries.c.account_id == account_id)
+        .order_by(entries.c.id.desc())
+    )
+    return render_template("account.html", account=account, entries=rows)
+
+
 @bp.post("/transfers")
+@uow.transactional(retries=3, isolation_level="SERIALIZABLE")
 def transfer() -> tuple[dict[str, t.Any], int]:
+    """Move money between two accounts. Concurrent transfers that conflict
+    are retried; the notification goes out only once the transfer is saved.
+    """
     data = _json()
     source_id, target_id = _int_field(data, "from"), _int_field(data, "to")
     amount = _int_field(data, "amount")
@@ -106,4 +130,6 @@ def transfer() -> tuple[dict[str, t.Any], int]:
             {"account_id": target.id, "amount": amount},
         ],
     )
+    message = f"{source.name} sent {amount} cents to {target.name}."
+    uow.on_commit(functools.partial(notify.send, message))
     return {"from": source.to_json(), "to": target.to_json()}, 201

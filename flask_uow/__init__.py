@@ -8,9 +8,11 @@ from .signals import after_commit as after_commit
 from .signals import after_rollback as after_rollback
 from .signals import before_commit as before_commit
 from .signals import before_retry as before_retry
+from .testing import Isolation as Isolation
 
 __all__ = [
     "Change",
+    "Isolation",
     "UnitOfWork",
     "after_begin",
     "after_commit",

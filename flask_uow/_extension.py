@@ -164,16 +164,23 @@ class UnitOfWork:
         """The current app's ``"default"`` engine."""
         return self._state()[1].engines["default"]
 
-    def dispose_engines(self, app: Flask | None = None) -> None:
-        """Close every pooled connection of the app's engines.
+    def dispose_engines(self, app: Flask | None = None, *, close: bool = True) -> None:
+        """Empty the pools of the app's engines; the engines stay usable and
+        open new connections when needed.
 
-        This also happens when the app is garbage collected. Call it when an app
-        is shut down explicitly, or in a forked worker before first use. The
-        engines stay usable; they open new connections when needed.
+        Pools are disposed when the app is garbage collected too. Call this
+        when an app is shut down explicitly. In a worker process forked after
+        the engines were used (a server that loads the app before forking),
+        call it with ``close=False`` before the worker first uses the database,
+        so that it drops the connections it inherited without closing them
+        under the parent.
 
         :param app: The app; the current app if not given.
+        :param close: Close the pooled connections (the default), or only
+            forget them.
         """
-        _dispose_engines(self._state(app)[1].engines.values())
+        for engine in self._state(app)[1].engines.values():
+            engine.dispose(close=close)
 
     def mark_rollback_only(self) -> None:
         """Make the current transaction roll back at its end instead of
@@ -181,8 +188,10 @@ class UnitOfWork:
 
         Inside :meth:`transaction` or :meth:`transactional` this applies to the
         innermost one (for a nested one, only its savepoint is rolled back).
-        Outside of them it applies to the whole unit of work: the request's work
-        is rolled back at its end.
+        Outside of them it applies to the end of the unit of work: the
+        request's work is rolled back at its end instead of committed. Explicit
+        commits are not affected: a later ``uow.session.commit()`` still
+        commits.
 
         :raise RuntimeError: There is no application context.
         """
@@ -382,6 +391,8 @@ class UnitOfWork:
             )
         app, state = self._state()
         state.session(app)  # The callback waits for this session's commit.
+        if state.isolation is not None:
+            callback = _recorded(callback, state.isolation.callbacks)
         callback_list(state.unit(app)).append(callback)
 
     def retry_classifier(self, classifier: RetryClassifier) -> RetryClassifier:
@@ -418,3 +429,16 @@ class UnitOfWork:
             )
         self._commit_veto = veto
         return veto
+
+
+def _recorded(
+    callback: cabc.Callable[[], object], into: list[cabc.Callable[[], object]]
+) -> cabc.Callable[[], object]:
+    """Wrap an on_commit callback so that test isolation records it runs."""
+
+    @functools.wraps(callback)
+    def run() -> object:
+        into.append(callback)
+        return callback()
+
+    return run

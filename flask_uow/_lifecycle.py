@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import collections.abc as cabc
+import itertools
 import typing as t
-import weakref
 
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
@@ -22,8 +22,10 @@ from ._changes import ChangeSet
 
 if t.TYPE_CHECKING:
     from ._transaction import Frame
+    from .testing import Isolation
 
 CommitVeto = cabc.Callable[[Response], bool]
+_state_numbers = itertools.count(1)
 RetryClassifier = cabc.Callable[[BaseException], bool]
 
 
@@ -54,6 +56,7 @@ class Unit:
         "ready",
         "began",
         "change_sets",
+        "streaming",
     )
 
     def __init__(self) -> None:
@@ -74,15 +77,22 @@ class Unit:
         self.began = False
         #: Changes recorded per transaction level, while signals have receivers.
         self.change_sets: dict[orm.SessionTransaction, ChangeSet] = {}
+        #: The response is streamed: the unit ends when the response is closed.
+        self.streaming = False
 
 
-def scope_key(app: Flask) -> object:
-    """Return the object whose lifetime bounds *app*'s current unit of work.
+Store = dict[str, t.Any]
 
-    While *app* handles a request, that is the request object, so every request
-    gets its own unit even when the test pushed one app context for several
-    requests. Elsewhere (CLI commands, jobs, shell, or a context of *app* pushed
-    inside another app's request) it is the application context's ``g``.
+
+def unit_store(app: Flask) -> Store:
+    """Return where *app*'s current unit of work is kept: a dict that lives
+    exactly as long as the unit may.
+
+    While *app* handles a request, that is the request's WSGI environ, so every
+    request gets its own unit even when a test pushed one app context for
+    several requests. Elsewhere (CLI commands, jobs, shell, or a context of
+    *app* pushed inside another app's request) it is the attributes of the
+    application context's ``g``.
 
     Flask has no public way to ask which app the current request context belongs
     to, so this reads the private ``_cv_request`` context variable, in this one
@@ -90,8 +100,13 @@ def scope_key(app: Flask) -> object:
     """
     ctx = _cv_request.get(None)
     if ctx is not None and ctx.app is app:
-        return ctx.request
-    return g._get_current_object()
+        return ctx.request.environ
+    return context_store()
+
+
+def context_store() -> Store:
+    """The attributes of the current application context's ``g``."""
+    return t.cast(Store, vars(g._get_current_object()))
 
 
 class State:
@@ -112,16 +127,19 @@ class State:
         self.max_delay: float = config["UOW_RETRY_MAX_DELAY"]
         self.get_veto = get_veto
         self.get_classifier = get_classifier
-        self.units: weakref.WeakKeyDictionary[object, Unit] = (
-            weakref.WeakKeyDictionary()
-        )
+        #: The active test isolation, see :class:`flask_uow.testing.Isolation`.
+        self.isolation: Isolation | None = None
+        #: The name of this app's unit in a store (see :func:`unit_store`).
+        self.key = f"flask_uow.unit.{next(_state_numbers)}"
+        #: The units whose session is open, for test isolation to find.
+        self.open_units: set[Unit] = set()
 
     def unit(self, app: Flask) -> Unit:
         """The current unit of work of *app*, created if there is none yet."""
-        key = scope_key(app)
-        unit = self.units.get(key)
+        store = unit_store(app)
+        unit: Unit | None = store.get(self.key)
         if unit is None:
-            unit = self.units[key] = Unit()
+            unit = store[self.key] = Unit()
         return unit
 
     def session(self, app: Flask) -> orm.Session:
@@ -129,7 +147,18 @@ class State:
         unit = self.unit(app)
         session = unit.session
         if session is None:
-            session = unit.session = self.factory(uow_unit=unit)
+            if self.isolation is None:
+                session = self.factory(uow_unit=unit)
+            else:
+                connections = self.isolation.connections
+                session = self.factory(
+                    uow_unit=unit,
+                    bind=connections["default"],
+                    engines=connections,
+                    join_transaction_mode="create_savepoint",
+                )
+            unit.session = session
+            self.open_units.add(unit)
         return session
 
     def note_failure(self, sender: Flask, **extra: t.Any) -> None:
@@ -167,12 +196,29 @@ def install(app: Flask, state: State) -> None:
     """Register the request hooks that drive *state*'s units of work on *app*."""
 
     def finish_request(response: Response) -> Response:
-        unit = state.units.get(scope_key(app))
+        store = unit_store(app)
+        unit: Unit | None = store.get(state.key)
         if unit is None or unit.finished:
             return response
         unit.finished = True
+        response = end_of_request(unit, response)
+        if response.is_streamed:
+            # The body is produced after the request context is popped (and,
+            # with stream_with_context, pushed again): the session must last
+            # until the server closes the response.
+            unit.streaming = True
+            response.call_on_close(lambda: close_streamed(store))
+        return response
+
+    def end_of_request(unit: Unit, response: Response) -> Response:
+        """Commit or roll back; the response to send."""
         session = unit.session
         if session is None:
+            return response
+        if not session.in_transaction() and not unit.pending:
+            # Nothing began since the last commit (a transactional view's,
+            # say): no commit to make, only callbacks that it made ready.
+            run_callbacks(app, unit)
             return response
         if not state.should_commit(unit, response):
             unit.pending.clear()
@@ -188,6 +234,10 @@ def install(app: Flask, state: State) -> None:
         run_callbacks(app, unit)
         return response
 
+    def close_streamed(store: Store) -> None:
+        with app.app_context():
+            close_unit(app, state, store)
+
     original_handle_user_exception = app.handle_user_exception
 
     def handle_user_exception(e: Exception) -> t.Any:
@@ -198,10 +248,13 @@ def install(app: Flask, state: State) -> None:
         return original_handle_user_exception(e)
 
     def close_request_unit(exc: BaseException | None) -> None:
-        close_unit(app, state, scope_key(app))
+        store = unit_store(app)
+        unit: Unit | None = store.get(state.key)
+        if unit is not None and not unit.streaming:
+            close_unit(app, state, store)
 
     def close_context_unit(exc: BaseException | None) -> None:
-        close_unit(app, state, g._get_current_object())
+        close_unit(app, state, context_store())
 
     listen(state.factory)
     app.after_request(finish_request)
@@ -240,17 +293,18 @@ def run_callbacks(app: Flask, unit: Unit) -> None:
             )
 
 
-def close_unit(app: Flask, state: State, key: object) -> None:
-    """End the unit of work stored under *key*: run the callbacks whose commit
-    happened (they may still use the unit), then close its session, rolling
-    back what is left. Never raises.
+def close_unit(app: Flask, state: State, store: Store) -> None:
+    """End *state*'s unit of work kept in *store*: run the callbacks whose
+    commit happened (they may still use the unit), then close its session,
+    rolling back what is left. Never raises.
     """
-    unit = state.units.get(key)
+    unit: Unit | None = store.get(state.key)
     if unit is None:
         return
     run_callbacks(app, unit)
-    del state.units[key]
+    del store[state.key]
     session, unit.session = unit.session, None
+    state.open_units.discard(unit)
     if session is None:
         return
     if session.in_transaction():

@@ -145,7 +145,9 @@ class TransactionBlock:
             self.frame = Frame(session.begin_nested())
         else:
             self._end_prior_work(unit, session)
-            if self.isolation_level is not None:
+            # Under test isolation all work shares one outer transaction,
+            # whose isolation level was fixed when it began.
+            if self.isolation_level is not None and self.state.isolation is None:
                 session.connection(
                     execution_options={"isolation_level": self.isolation_level}
                 )

@@ -22,13 +22,18 @@ from .models import metadata
 BACKENDS = ["sqlite", "postgresql"]
 
 
+with warnings.catch_warnings():
+    # platformdirs, imported by pgserver, warns when XDG_RUNTIME_DIR is unset,
+    # as it is in CI. Imported now, not when the server starts: pytester
+    # restores sys.modules after each test, which would drop the modules
+    # pgserver still needs to stop the server.
+    warnings.simplefilter("ignore")
+    import pgserver
+
+
 def _start_pgserver(folder: pathlib.Path) -> tuple[str, t.Any]:
     with warnings.catch_warnings():
-        # platformdirs, imported by pgserver, warns when XDG_RUNTIME_DIR is
-        # unset, as it is in CI.
         warnings.simplefilter("ignore")
-        import pgserver
-
         server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
     uri = server.get_uri()
     return uri.replace("postgresql://", "postgresql+psycopg://", 1), server

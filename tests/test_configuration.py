@@ -233,9 +233,12 @@ def test_bind_key_routes_to_the_named_engine(
         uow.session.add(Summary(title="q3"))
         uow.session.execute(sa.insert(audit_table).values(name="entry"))
         rows = uow.session.execute(sa.select(audit_table.c.name)).scalars().all()
-        return ",".join(rows)
+        joined = sa.select(audit_table.c.name).select_from(
+            audit_table.join(Summary.__table__, sa.true())
+        )
+        return ",".join([*rows, *uow.session.scalars(joined)])
 
-    assert app.test_client().post("/").data == b"entry"
+    assert app.test_client().post("/").data == b"entry,entry"
     assert reports_db.scalar("SELECT title FROM summaries") == "q3"
     assert reports_db.names("audit") == ["entry"]
     reports_db.engine.dispose()

@@ -153,24 +153,30 @@ def test_async_views(flask_app: Flask, uow: UnitOfWork, db: Database) -> None:
 def test_stream_with_context_reads_until_the_stream_closes(
     flask_app: Flask, uow: UnitOfWork, db: Database
 ) -> None:
-    """A streamed body reads through uow.session, including a result the view
-    started; the view's writes are committed before the body starts; the
-    connection is released when the stream closes.
+    """A streamed body reads through the view's own session: objects and a
+    result the view loaded stay usable; the view's writes are committed
+    before the body starts; the session is closed and its connection released
+    when the stream closes.
     """
     engine = uow_engine(flask_app, uow)
     held_while_streaming: list[int] = []
+    sessions: list[orm.Session] = []
 
     @flask_app.get("/export")
     def export() -> Response:
+        sessions.append(uow.session)
         uow.session.add(Item(name="written-by-view"))
         uow.session.add_all([Item(name=f"n{i}") for i in range(3)])
         uow.session.flush()
-        names = uow.session.scalars(sa.select(Item.name).order_by(Item.name))
+        first = uow.session.scalars(sa.select(Item).order_by(Item.name)).first()
+        items = uow.session.scalars(sa.select(Item).order_by(Item.name))
 
         def generate() -> cabc.Iterator[str]:
+            sessions.append(uow.session)
             yield f"committed={db.names()}\n"
-            for name in names:
-                yield name + "\n"
+            yield f"first={first.name if first else None}\n"
+            for item in items:
+                yield item.name + "\n"
             yield f"count={uow.session.scalar(sa.select(sa.func.count(Item.id)))}\n"
             held_while_streaming.append(engine.pool.checkedout())  # type: ignore[attr-defined]
 
@@ -178,16 +184,41 @@ def test_stream_with_context_reads_until_the_stream_closes(
 
     response = flask_app.test_client().get("/export", buffered=False)
     lines = b"".join(response.response).decode().splitlines()  # type: ignore[arg-type]
+    assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
     response.close()
     assert lines == [
         "committed=['n0', 'n1', 'n2', 'written-by-view']",
+        "first=n0",
         "n0",
         "n1",
         "n2",
         "written-by-view",
         "count=4",
     ]
+    assert sessions[0] is sessions[1]
     assert held_while_streaming == [1]
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_unread_stream_is_closed_with_the_response(
+    flask_app: Flask, uow: UnitOfWork
+) -> None:
+    """A stream the client never reads still releases the session when the
+    server closes the response.
+    """
+    engine = uow_engine(flask_app, uow)
+
+    @flask_app.get("/export")
+    def export() -> Response:
+        uow.session.execute(sa.select(1))
+
+        def generate() -> cabc.Iterator[str]:
+            yield str(uow.session.scalar(sa.select(sa.literal(2))))  # pragma: no cover
+
+        return Response(stream_with_context(generate()))
+
+    response = flask_app.test_client().get("/export", buffered=False)
+    response.close()
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
@@ -344,6 +375,12 @@ def test_dispose_engines_closes_pooled_connections(
     assert pool.checkedin() == 1  # type: ignore[attr-defined]
     uow.dispose_engines(flask_app)
     assert pool.checkedin() == 0  # type: ignore[attr-defined]
+    with flask_app.app_context():
+        uow.session.execute(sa.select(1))
+        inherited = uow.engine.pool
+    uow.dispose_engines(flask_app, close=False)
+    assert inherited.checkedin() == 1  # type: ignore[attr-defined]
+    assert uow_engine(flask_app, uow).pool is not inherited
     with flask_app.app_context():
         assert uow.session.execute(sa.select(1)).scalar() == 1
         uow.dispose_engines()
