@@ -1,0 +1,156 @@
+"""The same small application, built four ways."""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.orm as orm
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_uow import after_commit
+from flask_uow import UnitOfWork
+
+
+class Base(orm.DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "bench_items"
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(40))
+    value: orm.Mapped[int]
+
+
+SEED_ROWS = 1000
+VARIANTS = ("baseline", "flask-sqlalchemy", "uow", "uow-transactional")
+
+
+def add_routes(
+    app: Flask,
+    session: cabc.Callable[[], orm.Session],
+    commit: bool,
+    wrap: cabc.Callable[[t.Any], t.Any] = lambda view: view,
+) -> None:
+    """The benchmark's views. *commit*: the view commits itself (the
+    baseline and Flask-SQLAlchemy); *wrap* decorates the database views.
+    """
+
+    @app.get("/nodb")
+    def nodb() -> str:
+        return "ok"
+
+    @app.get("/one/<int:item_id>")
+    @wrap
+    def one(item_id: int) -> str:
+        return session().get_one(Item, item_id).name
+
+    @app.get("/twenty")
+    @wrap
+    def twenty() -> str:
+        items = session().scalars(sa.select(Item).order_by(Item.id).limit(20))
+        return ",".join(item.name for item in items)
+
+    @app.post("/insert")
+    @wrap
+    def insert() -> tuple[str, int]:
+        session().add(Item(name="new", value=1))
+        if commit:
+            session().commit()
+        return "created", 201
+
+    @app.post("/insert10")
+    @wrap
+    def insert10() -> tuple[str, int]:
+        session().add_all([Item(name=f"new{i}", value=i) for i in range(10)])
+        if commit:
+            session().commit()
+        return "created", 201
+
+
+def baseline(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
+    """Plain Flask with a hand-written scoped_session."""
+    engine = sa.create_engine(url)
+    Session = orm.scoped_session(orm.sessionmaker(engine))
+    app = Flask("baseline")
+
+    @app.teardown_appcontext
+    def remove(exc: BaseException | None) -> None:
+        Session.remove()
+
+    add_routes(app, Session, commit=True)
+    return app, engine.dispose
+
+
+def flask_sqlalchemy(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
+    """Flask-SQLAlchemy 3.1, committing in the view."""
+    db = SQLAlchemy()
+    app = Flask("flask_sqlalchemy")
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    db.init_app(app)
+    add_routes(app, lambda: t.cast(orm.Session, db.session), commit=True)
+
+    def dispose() -> None:
+        with app.app_context():
+            db.engine.dispose()
+
+    return app, dispose
+
+
+def uow(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
+    """flask_uow, committing at the end of the request."""
+    unit_of_work = UnitOfWork()
+    app = Flask("uow")
+    app.config["UOW_ENGINES"] = {"default": url}
+    unit_of_work.init_app(app)
+    add_routes(app, lambda: unit_of_work.session, commit=False)
+    return app, lambda: unit_of_work.dispose_engines(app)
+
+
+def uow_transactional(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
+    """flask_uow with @uow.transactional views and an after_commit receiver."""
+    unit_of_work = UnitOfWork()
+    app = Flask("uow_transactional")
+    app.config["UOW_ENGINES"] = {"default": url}
+    unit_of_work.init_app(app)
+    add_routes(
+        app, lambda: unit_of_work.session, commit=False, wrap=unit_of_work.transactional
+    )
+    seen = []
+
+    def count_changes(sender: Flask, *, changes: list[t.Any], **extra: t.Any) -> None:
+        seen.append(len(changes))
+        del seen[:-1]
+
+    after_commit.connect(count_changes, app, weak=False)
+
+    def dispose() -> None:
+        after_commit.disconnect(count_changes, app)
+        unit_of_work.dispose_engines(app)
+
+    return app, dispose
+
+
+BUILDERS = {
+    "baseline": baseline,
+    "flask-sqlalchemy": flask_sqlalchemy,
+    "uow": uow,
+    "uow-transactional": uow_transactional,
+}
+
+
+def create_tables(url: str) -> None:
+    """Create the table afresh and seed it."""
+    engine = sa.create_engine(url)
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(Item),
+            [{"name": f"item{i}", "value": i} for i in range(1, SEED_ROWS + 1)],
+        )
+    engine.dispose()

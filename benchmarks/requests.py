@@ -1,0 +1,117 @@
+"""Time per request of the four variants, called as WSGI apps (no network),
+interleaved round by round so that all of them see the same machine state.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import dataclasses
+import gc
+import io
+import statistics
+import time
+import typing as t
+
+import sqlalchemy.orm as orm
+from flask import Flask
+from werkzeug.test import EnvironBuilder
+
+from .apps import BUILDERS
+from .apps import create_tables
+from .apps import VARIANTS
+
+#: What is timed: label -> (method, path).
+KINDS = {
+    "no database": ("GET", "/nodb"),
+    "read one row by key": ("GET", "/one/500"),
+    "read 20 rows": ("GET", "/twenty"),
+    "insert one row": ("POST", "/insert"),
+    "insert 10 rows": ("POST", "/insert10"),
+}
+
+
+def _start_response(status: str, headers: t.Any, exc_info: t.Any = None) -> t.Any:
+    if not status.startswith(("200", "201")):
+        raise RuntimeError(f"The benchmark request failed: {status}.")
+    return None
+
+
+def request_runner(app: Flask, method: str, path: str) -> cabc.Callable[[], None]:
+    """A function that sends one request to *app* and reads the response."""
+    base = EnvironBuilder(method=method, path=path).get_environ()
+
+    def run() -> None:
+        environ = dict(base)
+        environ["wsgi.input"] = io.BytesIO(b"")
+        body = app(environ, _start_response)
+        for _ in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+    return run
+
+
+@dataclasses.dataclass
+class Result:
+    backend: str
+    kind: str
+    #: Median time per request in microseconds, by variant.
+    median_us: dict[str, float]
+
+    def ratio(self, variant: str) -> float:
+        return self.median_us[variant] / self.median_us["baseline"]
+
+
+def live_sessions() -> int:
+    gc.collect()
+    return sum(isinstance(o, orm.Session) for o in gc.get_objects())
+
+
+def run(
+    backend: str, url: str, rounds: int, per_round: int
+) -> tuple[list[Result], bool]:
+    """Time every kind of request on every variant against *url*.
+
+    Returns the results and whether flask_uow created no session for the
+    requests that do not use the database.
+    """
+    create_tables(url)
+    built = {name: BUILDERS[name](url) for name in VARIANTS}
+    try:
+        runners = {
+            kind: {
+                name: request_runner(app, method, path)
+                for name, (app, _) in built.items()
+            }
+            for kind, (method, path) in KINDS.items()
+        }
+        before = live_sessions()
+        for _ in range(200):
+            runners["no database"]["uow"]()
+        no_session = live_sessions() == before
+        results = []
+        for kind, variants in runners.items():
+            for call in variants.values():  # Warm up: pools, caches, imports.
+                for _ in range(per_round):
+                    call()
+            samples: dict[str, list[float]] = {name: [] for name in variants}
+            order = list(variants.items())
+            for round_ in range(rounds):
+                gc.collect()
+                # A B C D, B C D A, C D A B, ...: interleaved, and each variant
+                # takes every position equally often.
+                shift = round_ % len(order)
+                for name, call in order[shift:] + order[:shift]:
+                    start = time.perf_counter_ns()
+                    for _ in range(per_round):
+                        call()
+                    elapsed = time.perf_counter_ns() - start
+                    samples[name].append(elapsed / per_round / 1000)
+            medians = {name: statistics.median(s) for name, s in samples.items()}
+            results.append(Result(backend, kind, medians))
+        return results, no_session
+    finally:
+        for _, dispose in built.values():
+            dispose()
