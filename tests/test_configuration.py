@@ -231,6 +231,7 @@ def test_bind_key_routes_to_the_named_engine(
     @app.post("/")
     def write() -> str:
         uow.session.add(Summary(title="q3"))
+        uow.session.flush()  # SQLAlchemy 2.0 does not autoflush for Core.
         uow.session.execute(sa.insert(audit_table).values(name="entry"))
         rows = uow.session.execute(sa.select(audit_table.c.name)).scalars().all()
         joined = sa.select(audit_table.c.name).select_from(
