@@ -185,11 +185,9 @@ class State:
 
     def should_commit(self, unit: Unit, response: Response) -> bool:
         """The end-of-request commit decision."""
-        if not self.autocommit or unit.failed or unit.rollback_only:
+        if unit.failed or unit.rollback_only or unit.no_autocommit:
             return False
-        if unit.no_autocommit:
-            return False
-        return not self.get_veto()(response)
+        return self.autocommit and not self.get_veto()(response)
 
 
 def install(app: Flask, state: State) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc as cabc
+import functools
 import inspect
 import time
 import types
@@ -233,13 +234,10 @@ class Retrier:
         self.app = app
         self.state = state
         self.retries = retries
-        self.durable = durable
-        self.isolation_level = isolation_level
         self.attempt = 0
-
-    def block(self) -> TransactionBlock:
-        return TransactionBlock(
-            self.app, self.state, self.durable, self.isolation_level
+        #: A new block for each try.
+        self.block = functools.partial(
+            TransactionBlock, app, state, durable, isolation_level
         )
 
     def next_delay(self, block: TransactionBlock, exc: Exception) -> float:
