@@ -27,10 +27,10 @@ from ._lifecycle import State
 from ._lifecycle import Unit
 from ._retry import is_transient_error
 from ._transaction import callback_list
-from ._transaction import check_decoratable
 from ._transaction import check_isolation_level
 from ._transaction import check_retries
 from ._transaction import Retrier
+from ._transaction import run_in_transactions
 from ._transaction import transaction_argument_error
 from ._transaction import TransactionBlock
 
@@ -335,25 +335,11 @@ class UnitOfWork:
         level = check_isolation_level(isolation_level)
 
         def decorate(fn: cabc.Callable[P, R]) -> cabc.Callable[P, R]:
-            check_decoratable(fn)
-
             def retrier() -> Retrier:
                 app, state = self._state()
                 return Retrier(app, state, retries, durable, level)
 
-            if inspect.iscoroutinefunction(fn):
-
-                @functools.wraps(fn)
-                async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> t.Any:
-                    return await retrier().call_async(fn, args, kwargs)
-
-                return t.cast("cabc.Callable[P, R]", async_wrapper)
-
-            @functools.wraps(fn)
-            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                return retrier().call(fn, args, kwargs)
-
-            return wrapper
+            return run_in_transactions(fn, retrier)
 
         if fn is not None:
             return decorate(fn)
@@ -392,7 +378,7 @@ class UnitOfWork:
         app, state = self._state()
         state.session(app)  # The callback waits for this session's commit.
         if state.isolation is not None:
-            callback = _recorded(callback, state.isolation.callbacks)
+            callback = state.isolation.recorded(callback)
         callback_list(state.unit(app)).append(callback)
 
     def retry_classifier(self, classifier: RetryClassifier) -> RetryClassifier:
@@ -429,16 +415,3 @@ class UnitOfWork:
             )
         self._commit_veto = veto
         return veto
-
-
-def _recorded(
-    callback: cabc.Callable[[], object], into: list[cabc.Callable[[], object]]
-) -> cabc.Callable[[], object]:
-    """Wrap an on_commit callback so that test isolation records it runs."""
-
-    @functools.wraps(callback)
-    def run() -> object:
-        into.append(callback)
-        return callback()
-
-    return run

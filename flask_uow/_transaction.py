@@ -22,6 +22,7 @@ from ._lifecycle import Unit
 from ._retry import backoff
 from ._retry import is_disconnect
 
+P = t.ParamSpec("P")
 R = t.TypeVar("R")
 
 #: The levels a transaction may ask for; each dialect accepts a subset.
@@ -277,3 +278,23 @@ class Retrier:
             except Exception as e:
                 delay = self.next_delay(block, e)
             await asyncio.sleep(delay)
+
+
+def run_in_transactions(
+    fn: cabc.Callable[P, R], make_retrier: cabc.Callable[[], Retrier]
+) -> cabc.Callable[P, R]:
+    """Wrap *fn* so that each call runs through a new :class:`Retrier`."""
+    check_decoratable(fn)
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> t.Any:
+            return await make_retrier().call_async(fn, args, kwargs)
+
+        return t.cast("cabc.Callable[P, R]", async_wrapper)
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        return make_retrier().call(fn, args, kwargs)
+
+    return wrapper

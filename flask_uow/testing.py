@@ -5,6 +5,7 @@ rolled back at the end of each test, even when the app commits.
 from __future__ import annotations
 
 import collections.abc as cabc
+import functools
 import types
 import typing as t
 
@@ -119,6 +120,20 @@ class Isolation:
                     session.close()
         finally:
             self._close_connections()
+
+    def recorded(
+        self, callback: cabc.Callable[[], object]
+    ) -> cabc.Callable[[], object]:
+        """Wrap an on_commit callback so that :attr:`callbacks` records it
+        when it runs.
+        """
+
+        @functools.wraps(callback)
+        def run() -> object:
+            self.callbacks.append(callback)
+            return callback()
+
+        return run
 
     def _close_connections(self) -> None:
         connections, self.connections = self.connections, {}
