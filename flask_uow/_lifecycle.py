@@ -80,6 +80,14 @@ class Unit:
         #: The response is streamed: the unit ends when the response is closed.
         self.streaming = False
 
+    @property
+    def marked_for_rollback(self) -> bool:
+        """An exception, :meth:`~flask_uow.UnitOfWork.mark_rollback_only` or a
+        :meth:`~flask_uow.UnitOfWork.no_autocommit` view says that the unit's
+        own work must not be committed.
+        """
+        return self.failed or self.rollback_only or self.no_autocommit
+
 
 Store = dict[str, t.Any]
 
@@ -185,7 +193,7 @@ class State:
 
     def should_commit(self, unit: Unit, response: Response) -> bool:
         """The end-of-request commit decision."""
-        if unit.failed or unit.rollback_only or unit.no_autocommit:
+        if unit.marked_for_rollback:
             return False
         return self.autocommit and not self.get_veto()(response)
 

@@ -165,7 +165,7 @@ class TransactionBlock:
         """
         if not session.in_transaction():
             return
-        if unit.failed or unit.rollback_only or unit.no_autocommit:
+        if unit.marked_for_rollback:
             session.rollback()
         else:
             # Its callbacks become ready and run when this transaction ends;
