@@ -30,6 +30,18 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import pgserver
 
+# The database drivers and their dialects are imported now for the same
+# reason. A driver first imported during a pytester test is dropped from
+# sys.modules after it, but its compiled part cannot be imported twice and
+# keeps raising the first import's exception classes; SQLAlchemy, checking
+# against the second import's classes, would then let driver errors through
+# unwrapped (psycopg.OperationalError instead of sqlalchemy.exc.OperationalError)
+# in whichever test happens to run next.
+import psycopg  # noqa: E402, F401
+import psycopg2  # noqa: E402, F401
+import sqlalchemy.dialects.postgresql.psycopg  # noqa: E402, F401
+import sqlalchemy.dialects.postgresql.psycopg2  # noqa: E402, F401
+
 
 def _start_pgserver(folder: pathlib.Path) -> tuple[str, t.Any]:
     with warnings.catch_warnings():
