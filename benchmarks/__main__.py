@@ -26,6 +26,7 @@ import warnings
 import sqlalchemy as sa
 
 from . import e2e
+from . import guard
 from . import memory
 from . import requests
 from .apps import VARIANTS
@@ -131,6 +132,22 @@ def main(argv: list[str] | None = None) -> int:
                     *table(["request", *VARIANTS], rows),
                     "",
                 ]
+
+            print("Aborted-transaction check...", file=sys.stderr)
+            checks = [
+                guard.run(b, u, tmp, 10_000 if args.quick else 200_000)
+                for b, u in urls.items()
+            ]
+            lines += [
+                "**Aborted-transaction check** (made before every outermost"
+                " commit; no statement is sent):"
+                + ",".join(
+                    f" {c.ns_per_commit:.0f} ns per commit on {c.backend}"
+                    for c in checks
+                )
+                + ".",
+                "",
+            ]
 
             print("Memory...", file=sys.stderr)
             mem = memory.run("SQLite", urls["SQLite"], memory_requests, 10_000)

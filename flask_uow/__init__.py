@@ -1,4 +1,5 @@
 from . import signals as signals
+from ._aborted import TransactionAbortedError as TransactionAbortedError
 from ._changes import Change as Change
 from ._extension import UnitOfWork as UnitOfWork
 from ._lifecycle import default_commit_veto as default_commit_veto
@@ -13,6 +14,7 @@ from .testing import Isolation as Isolation
 __all__ = [
     "Change",
     "Isolation",
+    "TransactionAbortedError",
     "UnitOfWork",
     "after_begin",
     "after_commit",

@@ -16,6 +16,7 @@ from flask import Flask
 from flask import has_app_context
 
 from . import signals
+from ._aborted import check_committable
 from ._changes import ChangeSet
 from ._changes import record_flush
 from ._changes import record_statement
@@ -96,9 +97,16 @@ def _after_begin(
     connection: sa.Connection,
 ) -> None:
     unit = _unit(session)
-    if unit is None or transaction.nested:
+    if unit is None:
         return
-    unit.began = True
+    if transaction.nested:
+        # Remembered so that a savepoint whose RELEASE failed can still be
+        # rolled back (see _transaction.TransactionBlock).
+        unit.savepoints.setdefault(transaction, []).append(
+            (connection, savepoint_name(connection))
+        )
+        return
+    unit.connections.append(connection)
     if signals.after_begin.receivers:
         send_quietly(
             _app(), signals.after_begin, session=session, connection=connection
@@ -135,16 +143,21 @@ def _before_commit(session: orm.Session) -> None:
     unit = _unit(session)
     if unit is None or session.in_nested_transaction():
         return
+    # Every outermost commit passes here: the end of a request, of a block,
+    # and an explicit session.commit(). Never COMMIT what the server aborted.
+    check_committable(unit.connections)
     app = _app()
     if not has_receivers(signals.before_commit, app):
         return
     session.flush()  # The final flush, so that the changes are complete.
-    if unit.began:
+    if unit.connections:
         changes = _root_changes(unit, session)
         # Not quietly: a receiver that raises aborts the commit.
         signals.before_commit.send(
             app, _async_wrapper=app.ensure_sync, session=session, changes=changes
         )
+        # A receiver may have caught an error of its own statement.
+        check_committable(unit.connections)
 
 
 def _after_commit(session: orm.Session) -> None:
@@ -160,7 +173,7 @@ def _after_commit(session: orm.Session) -> None:
                 _level(unit, released.parent).absorb(changes)
         return
     app = _app()
-    if unit.began and has_receivers(signals.after_commit, app):
+    if unit.connections and has_receivers(signals.after_commit, app):
         notice = functools.partial(
             send_quietly,
             app,
@@ -177,7 +190,7 @@ def _after_commit(session: orm.Session) -> None:
 
 def _after_rollback(session: orm.Session) -> None:
     unit = _unit(session)
-    if unit is None or not unit.began or session.in_nested_transaction():
+    if unit is None or not unit.connections or session.in_nested_transaction():
         return
     app = _app()
     if has_receivers(signals.after_rollback, app):
@@ -201,5 +214,17 @@ def _after_transaction_end(
     # A released savepoint's changes were moved to its parent already; what
     # is left belongs to a rolled back savepoint, or to the ended transaction.
     unit.change_sets.pop(transaction, None)
+    unit.savepoints.pop(transaction, None)
     if transaction.parent is None:
-        unit.began = False
+        unit.connections.clear()
+
+
+def savepoint_name(connection: sa.Connection) -> str:
+    """The name of the SAVEPOINT just begun on *connection*.
+
+    SQLAlchemy has no public way to tell it; it is the private ``_savepoint``
+    of the connection's nested transaction, read in this one place.
+    ``tests/test_flask_contract.py`` fails loudly if SQLAlchemy changes it.
+    """
+    nested = connection.get_nested_transaction()
+    return t.cast(str, nested._savepoint)  # type: ignore[union-attr]

@@ -245,3 +245,39 @@ class RoutingSession(orm.Session):
                         " or correct the table's bind_key."
                     ) from None
         return super().get_bind(mapper, clause=clause, bind=bind, **kwargs)
+
+    def commit(self) -> None:
+        """Commit, unless a ``uow.transaction()`` block is open.
+
+        :raise RuntimeError: Called inside a block or transactional function.
+        """
+        self._refuse_inside_block("commit")
+        super().commit()
+
+    def rollback(self) -> None:
+        """Roll back, unless a ``uow.transaction()`` block is open.
+
+        :raise RuntimeError: Called inside a block or transactional function.
+        """
+        self._refuse_inside_block("rollback")
+        super().rollback()
+
+    def close(self) -> None:
+        """Close, unless a ``uow.transaction()`` block is open.
+
+        :raise RuntimeError: Called inside a block or transactional function.
+        """
+        self._refuse_inside_block("close")
+        super().close()
+
+    def _refuse_inside_block(self, method: str) -> None:
+        # The unit's stack of open blocks; flask_uow pops a block's frame
+        # before it commits or rolls back the block itself.
+        if getattr(self.uow_unit, "frames", None):
+            raise RuntimeError(
+                f"'uow.session.{method}()' was called inside a"
+                " 'uow.transaction()' block or a '@uow.transactional' function,"
+                " where it would end the block's transaction behind its back."
+                " Leave the block to commit, raise an exception to roll it back,"
+                " or call 'uow.mark_rollback_only()' to roll it back without one."
+            )

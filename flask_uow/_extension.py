@@ -256,23 +256,31 @@ class UnitOfWork:
         A block cannot be re-run, so it takes no ``retries``; decorate a
         function with :meth:`transactional` to retry.
 
+        The returned object holds only the arguments: it can be made outside
+        an application context (at import time, say) and entered any number
+        of times, in turn or inside itself, each entry a transaction of its
+        own. Inside the block, ``uow.session.commit()``, ``rollback()`` and
+        ``close()`` raise ``RuntimeError``.
+
         :param durable: Raise ``RuntimeError`` when the block is nested inside
             another transaction, instead of making it a savepoint: its commit is
             meant to be final.
         :param isolation_level: For example ``"SERIALIZABLE"``: the isolation
             level of this transaction only, on the connection of the
             ``"default"`` engine. Only for an outermost transaction.
-        :raise RuntimeError: There is no application context; or, when the
-            block begins, *durable* or *isolation_level* was given to a nested
-            transaction.
+        :raise RuntimeError: When the block is entered: there is no
+            application context, or *durable* or *isolation_level* was given
+            to a nested transaction.
+        :raise TransactionAbortedError: When the block ends: the database
+            already aborted its transaction, or a nested block's savepoint
+            could not be rolled back; nothing was committed.
         :raise TypeError: ``retries`` or another unknown argument was given.
         :raise ValueError: *isolation_level* is not an isolation level.
         """
         if unsupported:
             raise TypeError(transaction_argument_error(unsupported))
         level = check_isolation_level(isolation_level)
-        app, state = self._state()
-        return TransactionBlock(app, state, durable, level)
+        return TransactionBlock(self._state, durable, level)
 
     @t.overload
     def transactional(self, fn: cabc.Callable[P, R], /) -> cabc.Callable[P, R]: ...

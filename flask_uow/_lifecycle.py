@@ -40,6 +40,10 @@ def default_commit_veto(response: Response) -> bool:
     return response.status_code >= 400
 
 
+#: A connection a savepoint began on, and the savepoint's name there.
+Savepoint = tuple[sa.Connection, str]
+
+
 class Unit:
     """The unit of work of one request, or of one application context outside
     requests. Its session is created on first use.
@@ -54,7 +58,8 @@ class Unit:
         "frames",
         "pending",
         "ready",
-        "began",
+        "connections",
+        "savepoints",
         "change_sets",
         "streaming",
     )
@@ -73,8 +78,11 @@ class Unit:
         self.pending: list[cabc.Callable[[], object]] = []
         #: on_commit callbacks whose commit happened, waiting to be run.
         self.ready: list[cabc.Callable[[], object]] = []
-        #: A database transaction began on a connection (reset at its end).
-        self.began = False
+        #: The connections of the session's transaction, in the order it began
+        #: on them; empty when no database transaction is open.
+        self.connections: list[sa.Connection] = []
+        #: The connections each open savepoint began on, with its name.
+        self.savepoints: dict[orm.SessionTransaction, list[Savepoint]] = {}
         #: Changes recorded per transaction level, while signals have receivers.
         self.change_sets: dict[orm.SessionTransaction, ChangeSet] = {}
         #: The response is streamed: the unit ends when the response is closed.
@@ -287,9 +295,14 @@ def rollback_quietly(app: Flask, session: orm.Session) -> None:
 def run_callbacks(app: Flask, unit: Unit) -> None:
     """Run the unit's on_commit callbacks whose commit has happened, in the
     order they were registered. One that raises is logged; the rest still run.
+
+    The callbacks are taken off the unit before the first runs, so that a
+    callback whose own transaction commits runs that commit's callbacks, and
+    only those, before the next callback of this commit starts: callbacks run
+    one after another, never inside one another.
     """
-    while unit.ready:
-        callback = unit.ready.pop(0)
+    ready, unit.ready = unit.ready, []
+    for callback in ready:
         try:
             callback()
         except Exception:
@@ -309,6 +322,8 @@ def close_unit(app: Flask, state: State, store: Store) -> None:
         return
     run_callbacks(app, unit)
     del store[state.key]
+    # Blocks left open (a generator abandoned inside one, say) end with it.
+    unit.frames.clear()
     session, unit.session = unit.session, None
     state.open_units.discard(unit)
     if session is None:

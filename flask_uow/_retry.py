@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import collections.abc as cabc
 import random
 
 import sqlalchemy.exc as sa_exc
+
+from ._aborted import TransactionAbortedError
 
 #: MySQL and MariaDB: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
 _MYSQL_TRANSIENT = {1205, 1213}
@@ -38,16 +41,21 @@ def is_transient_error(exc: BaseException) -> bool:
         lost during its COMMIT, whatever the classifier says, since the COMMIT
         may have succeeded.
 
+    A lost connection is recognised wherever it surfaces: in *exc* itself, in
+    its chain of causes (``raise ... from``) and contexts, or as a
+    :class:`~flask_uow.TransactionAbortedError` that says the connection was
+    lost (raised when a caught error had hidden the loss until the commit).
+
     Replace it with :meth:`~flask_uow.UnitOfWork.retry_classifier`.
 
     :param exc: The exception raised by the transaction or its commit.
 
     .. versionadded:: 0.1
     """
+    if lost_connection(exc):
+        return True
     if not isinstance(exc, sa_exc.DBAPIError):
         return False
-    if is_disconnect(exc):
-        return True
     orig = exc.orig
     sqlstate = _sqlstate(exc)
     if sqlstate is not None:
@@ -74,6 +82,26 @@ def is_disconnect(exc: BaseException) -> bool:
     return sqlstate is not None and (
         sqlstate.startswith("08") or sqlstate in _PG_SERVER_GONE
     )
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether *exc*, or an exception in its chain of causes and contexts,
+    says that the connection to the database was lost.
+    """
+    return any(
+        is_disconnect(link)
+        or (isinstance(link, TransactionAbortedError) and link.connection_lost)
+        for link in _chain(exc)
+    )
+
+
+def _chain(exc: BaseException) -> cabc.Iterator[BaseException]:
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
 
 
 def backoff(attempt: int, delay: float, max_delay: float) -> float:

@@ -12,15 +12,18 @@ import time
 import types
 import typing as t
 
+import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask import Flask
 
+from ._aborted import savepoint_failed
 from ._lifecycle import rollback_quietly
 from ._lifecycle import run_callbacks
 from ._lifecycle import State
 from ._lifecycle import Unit
 from ._retry import backoff
 from ._retry import is_disconnect
+from ._retry import lost_connection
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
@@ -90,17 +93,48 @@ def transaction_argument_error(unsupported: cabc.Mapping[str, t.Any]) -> str:
 
 
 class Frame:
-    """One active transaction of a unit of work."""
+    """One active transaction of a unit of work: what one entry into a
+    ``uow.transaction()`` block (or one call of a transactional function)
+    began. Kept on the unit's stack, so that a block object entered again, or
+    several times in turn, behaves exactly like separate blocks.
+    """
 
-    __slots__ = ("savepoint", "callbacks", "rollback_only")
+    __slots__ = (
+        "owner",
+        "app",
+        "unit",
+        "session",
+        "savepoint",
+        "callbacks",
+        "rollback_only",
+        "committing",
+        "doomed",
+    )
 
-    def __init__(self, savepoint: orm.SessionTransaction | None) -> None:
+    def __init__(
+        self,
+        owner: TransactionBlock,
+        app: Flask,
+        unit: Unit,
+        session: orm.Session,
+        savepoint: orm.SessionTransaction | None,
+    ) -> None:
+        #: The block that began it.
+        self.owner = owner
+        self.app = app
+        self.unit = unit
+        self.session = session
         #: The SAVEPOINT of a nested transaction; None for the outermost one.
         self.savepoint = savepoint
         #: on_commit callbacks registered inside this transaction; they live
         #: and die with it, whatever the database did.
         self.callbacks: list[cabc.Callable[[], object]] = []
         self.rollback_only = False
+        #: The outermost transaction's COMMIT has been asked for.
+        self.committing = False
+        #: Why this transaction must not commit: a savepoint inside it could
+        #: not be rolled back.
+        self.doomed: BaseException | None = None
 
 
 def callback_list(unit: Unit) -> list[cabc.Callable[[], object]]:
@@ -114,23 +148,48 @@ def callback_list(unit: Unit) -> list[cabc.Callable[[], object]]:
 
 
 class TransactionBlock:
-    """One run of ``uow.transaction()``: entering begins a transaction (or a
-    SAVEPOINT inside another), leaving commits it or rolls it back.
+    """``uow.transaction()``: entering begins a transaction (or a SAVEPOINT
+    inside another) in the current app's unit of work, leaving commits it or
+    rolls it back. The object holds only its arguments; it can be made
+    anywhere and entered again, nested or in turn.
     """
 
     def __init__(
-        self, app: Flask, state: State, durable: bool, isolation_level: str | None
+        self,
+        find_state: cabc.Callable[[], tuple[Flask, State]],
+        durable: bool,
+        isolation_level: str | None,
     ) -> None:
-        self.app = app
-        self.state = state
+        self.find_state = find_state
         self.durable = durable
         self.isolation_level = isolation_level
-        self.outermost = False
-        self.committing = False
 
     def __enter__(self) -> orm.Session:
-        unit = self.unit = self.state.unit(self.app)
-        session = self.session = self.state.session(self.app)
+        return self.begin().session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        app, state = self.find_state()
+        frames = state.unit(app).frames
+        if not frames or frames[-1].owner is not self:  # pragma: no cover
+            raise RuntimeError(
+                "A 'uow.transaction()' block ended while a transaction begun"
+                " after it was still open. End transactions in the reverse"
+                " order of their beginning, as nested 'with' blocks do."
+            )
+        self.end(frames[-1], exc)
+
+    def begin(self) -> Frame:
+        """Begin a transaction, or a SAVEPOINT inside the current one, and
+        push its frame on the unit's stack.
+        """
+        app, state = self.find_state()
+        unit = state.unit(app)
+        session = state.session(app)
         if unit.frames:
             if self.durable:
                 raise RuntimeError(
@@ -144,19 +203,18 @@ class TransactionBlock:
                     " transaction nested inside another, which cannot change"
                     " the isolation level. Give it to the outermost transaction."
                 )
-            self.frame = Frame(session.begin_nested())
+            frame = Frame(self, app, unit, session, session.begin_nested())
         else:
             self._end_prior_work(unit, session)
             # Under test isolation all work shares one outer transaction,
             # whose isolation level was fixed when it began.
-            if self.isolation_level is not None and self.state.isolation is None:
+            if self.isolation_level is not None and state.isolation is None:
                 session.connection(
                     execution_options={"isolation_level": self.isolation_level}
                 )
-            self.outermost = True
-            self.frame = Frame(None)
-        unit.frames.append(self.frame)
-        return session
+            frame = Frame(self, app, unit, session, None)
+        unit.frames.append(frame)
+        return frame
 
     def _end_prior_work(self, unit: Unit, session: orm.Session) -> None:
         """Start the outermost transaction afresh: what the unit of work did
@@ -172,53 +230,83 @@ class TransactionBlock:
             # run now, a callback that writes would join this transaction.
             session.commit()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        frame = self.unit.frames.pop()
-        if frame is not self.frame:  # pragma: no cover - blocks always nest
-            raise RuntimeError("flask_uow transactions ended out of order.")
+    def end(self, frame: Frame, exc: BaseException | None) -> None:
+        """Pop *frame*, the innermost transaction, and commit it, or roll it
+        back when *exc* is not None or it is marked rollback-only.
+        """
+        frame.unit.frames.pop()
         keep = exc is None and not frame.rollback_only
         if frame.savepoint is not None:
             self._end_savepoint(frame, frame.savepoint, keep)
-        elif keep:
-            self._commit(frame)
-        elif exc is None:
-            self.session.rollback()
+        elif not keep:
+            if exc is None:
+                frame.session.rollback()
+            else:
+                rollback_quietly(frame.app, frame.session)
+        elif frame.doomed is not None:
+            rollback_quietly(frame.app, frame.session)
+            raise savepoint_failed(
+                connection_lost=lost_connection(frame.doomed)
+            ) from frame.doomed
         else:
-            rollback_quietly(self.app, self.session)
+            self._commit(frame)
 
     def _end_savepoint(
         self, frame: Frame, savepoint: orm.SessionTransaction, keep: bool
     ) -> None:
-        if keep:
+        unit = frame.unit
+        parent = unit.frames[-1]
+        if keep and frame.doomed is None:
+            touched = list(unit.savepoints.get(savepoint, ()))
             try:
                 savepoint.commit()
             except BaseException:
+                # The RELEASE (or the flush before it) failed. SQLAlchemy has
+                # given up on the savepoint and would send nothing to roll it
+                # back, while PostgreSQL may hold the transaction aborted:
+                # roll back to it by name, so that the outer work can still
+                # commit.
                 savepoint.rollback()
+                self._roll_back_to(frame.app, parent, touched)
                 raise
-            callback_list(self.unit).extend(frame.callbacks)
+            parent.callbacks.extend(frame.callbacks)
             return
         try:
             savepoint.rollback()
-        except Exception:
-            # An exception is already on its way out; keep it, log this one.
-            self.app.logger.exception("flask_uow: rolling back a savepoint failed.")
+        except Exception as e:
+            # An exception may be on its way out already; keep it, log this
+            # one, and make sure the savepoint's work is never committed.
+            frame.app.logger.exception("flask_uow: rolling back a savepoint failed.")
+            parent.doomed = parent.doomed or e
+        if keep and frame.doomed is not None:
+            raise savepoint_failed(
+                connection_lost=lost_connection(frame.doomed)
+            ) from frame.doomed
+
+    def _roll_back_to(
+        self, app: Flask, parent: Frame, touched: list[tuple[sa.Connection, str]]
+    ) -> None:
+        for connection, name in touched:
+            try:
+                connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
+            except Exception as e:
+                app.logger.exception(
+                    "flask_uow: rolling back to a savepoint whose release failed"
+                    " failed too; the enclosing transaction will not commit."
+                )
+                parent.doomed = parent.doomed or e
 
     def _commit(self, frame: Frame) -> None:
-        session = self.session
+        session = frame.session
         try:
             session.flush()
-            self.committing = True
+            frame.committing = True
             session.commit()
         except BaseException:
-            rollback_quietly(self.app, session)
+            rollback_quietly(frame.app, session)
             raise
-        self.unit.ready.extend(frame.callbacks)
-        run_callbacks(self.app, self.unit)
+        frame.unit.ready.extend(frame.callbacks)
+        run_callbacks(frame.app, frame.unit)
 
 
 class Retrier:
@@ -236,32 +324,34 @@ class Retrier:
         self.state = state
         self.retries = retries
         self.attempt = 0
-        #: A new block for each try.
-        self.block = functools.partial(
-            TransactionBlock, app, state, durable, isolation_level
-        )
+        self.block = TransactionBlock(lambda: (app, state), durable, isolation_level)
 
-    def next_delay(self, block: TransactionBlock, exc: Exception) -> float:
+    def next_delay(self, frame: Frame, exc: Exception) -> float:
         """Seconds to wait before the next try, or re-raise *exc*."""
         if (
             self.attempt >= self.retries
-            or not block.outermost
-            or (block.committing and is_disconnect(exc))
+            or frame.savepoint is not None
+            or (frame.committing and is_disconnect(exc))
             or not self.state.get_classifier()(exc)
         ):
             raise exc
         self.attempt += 1
-        self.state.before_retry(self.app, block.session, exc, self.attempt)
+        self.state.before_retry(self.app, frame.session, exc, self.attempt)
         return backoff(self.attempt, self.state.retry_delay, self.state.max_delay)
 
     def call(self, fn: cabc.Callable[..., R], args: t.Any, kwargs: t.Any) -> R:
         while True:
-            block = self.block()
+            frame = self.block.begin()
             try:
-                with block:
-                    return fn(*args, **kwargs)
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as e:
+                    self.block.end(frame, e)
+                    raise
+                self.block.end(frame, None)
+                return result
             except Exception as e:
-                delay = self.next_delay(block, e)
+                delay = self.next_delay(frame, e)
             time.sleep(delay)
 
     async def call_async(
@@ -271,12 +361,17 @@ class Retrier:
         kwargs: t.Any,
     ) -> R:
         while True:
-            block = self.block()
+            frame = self.block.begin()
             try:
-                with block:
-                    return await fn(*args, **kwargs)
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as e:
+                    self.block.end(frame, e)
+                    raise
+                self.block.end(frame, None)
+                return result
             except Exception as e:
-                delay = self.next_delay(block, e)
+                delay = self.next_delay(frame, e)
             await asyncio.sleep(delay)
 
 

@@ -114,6 +114,7 @@ class Isolation:
         after_commit.disconnect(self._record_commit, self.app)
         try:
             for unit in list(state.open_units):
+                unit.frames.clear()
                 session, unit.session = unit.session, None
                 state.open_units.discard(unit)
                 if session is not None:

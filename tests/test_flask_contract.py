@@ -1,13 +1,17 @@
-"""The Flask behaviour flask_uow relies on; these fail loudly if Flask changes."""
+"""The Flask and SQLAlchemy behaviour flask_uow relies on; these fail loudly if
+they change."""
 
 from __future__ import annotations
 
 import pathlib
 import typing as t
 
+import sqlalchemy as sa
 from flask import Flask
 from flask import request
 from flask.globals import _cv_request
+
+from flask_uow._bridge import savepoint_name
 
 
 def make_app() -> Flask:
@@ -55,3 +59,18 @@ def test_handle_user_exception_sees_handled_exceptions() -> None:
 
     assert app.test_client().get("/").status_code == 302
     assert [type(e) for e in seen] == [ValueError]
+
+
+def test_sqlalchemy_savepoint_name_is_readable(tmp_path: pathlib.Path) -> None:
+    """flask_uow reads a savepoint's name from the connection's nested
+    transaction, to roll back to it after its RELEASE failed.
+    """
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'contract.db'}")
+    with engine.connect() as connection:
+        connection.begin()
+        connection.begin_nested()
+        assert savepoint_name(connection).startswith("sa_savepoint_")
+        connection.exec_driver_sql(
+            f"ROLLBACK TO SAVEPOINT {savepoint_name(connection)}"
+        )
+    engine.dispose()

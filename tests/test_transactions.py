@@ -516,7 +516,8 @@ def test_use_outside_an_app_context_is_an_error(uow: UnitOfWork) -> None:
     def work() -> None:
         pass  # pragma: no cover - never called
 
-    for call in (work, uow.transaction, lambda: uow.on_commit(print)):
+    block = uow.transaction()  # Made anywhere, entered in a context.
+    for call in (work, block.__enter__, lambda: uow.on_commit(print)):
         with pytest.raises(RuntimeError, match="Working outside of application"):
             call()
 
