@@ -26,6 +26,7 @@ from ._lifecycle import RetryClassifier
 from ._lifecycle import State
 from ._lifecycle import Unit
 from ._retry import is_transient_error
+from ._streaming import install as install_streaming
 from ._transaction import callback_list
 from ._transaction import check_isolation_level
 from ._transaction import check_retries
@@ -121,6 +122,7 @@ class UnitOfWork:
             lambda: self._retry_classifier,
         )
         install(app, state)
+        install_streaming(app, state)
         self._states[app] = state
         app.extensions["uow"] = self
         weakref.finalize(app, _dispose_engines, list(engines.values()))

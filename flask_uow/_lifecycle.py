@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import itertools
 import typing as t
+import weakref
 
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
@@ -85,8 +86,9 @@ class Unit:
         self.savepoints: dict[orm.SessionTransaction, list[Savepoint]] = {}
         #: Changes recorded per transaction level, while signals have receivers.
         self.change_sets: dict[orm.SessionTransaction, ChangeSet] = {}
-        #: The response is streamed: the unit ends when the response is closed.
-        self.streaming = False
+        #: The unit ends when the streamed response the app sent is closed, or,
+        #: as a safety net, when it is garbage collected (see ``_streaming``).
+        self.streaming: weakref.finalize[..., None] | None = None
 
     @property
     def marked_for_rollback(self) -> bool:
@@ -215,14 +217,7 @@ def install(app: Flask, state: State) -> None:
         if unit is None or unit.finished:
             return response
         unit.finished = True
-        response = end_of_request(unit, response)
-        if response.is_streamed:
-            # The body is produced after the request context is popped (and,
-            # with stream_with_context, pushed again): the session must last
-            # until the server closes the response.
-            unit.streaming = True
-            response.call_on_close(lambda: close_streamed(store))
-        return response
+        return end_of_request(unit, response)
 
     def end_of_request(unit: Unit, response: Response) -> Response:
         """Commit or roll back; the response to send."""
@@ -248,10 +243,6 @@ def install(app: Flask, state: State) -> None:
         run_callbacks(app, unit)
         return response
 
-    def close_streamed(store: Store) -> None:
-        with app.app_context():
-            close_unit(app, state, store)
-
     original_handle_user_exception = app.handle_user_exception
 
     def handle_user_exception(e: Exception) -> t.Any:
@@ -264,7 +255,7 @@ def install(app: Flask, state: State) -> None:
     def close_request_unit(exc: BaseException | None) -> None:
         store = unit_store(app)
         unit: Unit | None = store.get(state.key)
-        if unit is not None and not unit.streaming:
+        if unit is not None and unit.streaming is None:
             close_unit(app, state, store)
 
     def close_context_unit(exc: BaseException | None) -> None:

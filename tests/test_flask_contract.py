@@ -9,6 +9,7 @@ import typing as t
 import sqlalchemy as sa
 from flask import Flask
 from flask import request
+from flask import Response
 from flask.globals import _cv_request
 
 from flask_uow._bridge import savepoint_name
@@ -74,3 +75,41 @@ def test_sqlalchemy_savepoint_name_is_readable(tmp_path: pathlib.Path) -> None:
             f"ROLLBACK TO SAVEPOINT {savepoint_name(connection)}"
         )
     engine.dispose()
+
+
+def test_process_response_sees_the_final_response_of_each_finalization() -> None:
+    """app.process_response runs every after_request function and returns the
+    response the app sends; when one of them raises, Flask calls it again for
+    the error response. flask_uow decides there how a streamed unit ends.
+    """
+    app = make_app()
+    seen: list[int] = []
+    original = app.process_response
+
+    def spy(response: Response) -> Response:
+        response = original(response)
+        seen.append(response.status_code)
+        return response
+
+    app.process_response = spy  # type: ignore[method-assign]
+
+    @app.after_request
+    def last(response: Response) -> Response:
+        if response.status_code == 201:
+            raise RuntimeError("x")
+        return response
+
+    @app.after_request
+    def replace(response: Response) -> Response:
+        if response.status_code != 200:
+            return response
+        return Response("replaced", 201 if request.path == "/fail" else 202)
+
+    @app.get("/<path:name>")
+    def index(name: str) -> str:
+        return ""
+
+    client = app.test_client()
+    assert client.get("/ok").status_code == 202
+    assert client.get("/fail").status_code == 500
+    assert seen == [202, 500]

@@ -1,0 +1,103 @@
+"""Streamed responses: a unit of work that lasts until the response the app
+sends is closed, with a safety net for responses that are never closed.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing as t
+import weakref
+
+from flask import Flask
+from flask import Response
+
+from ._lifecycle import close_unit
+from ._lifecycle import State
+from ._lifecycle import Store
+from ._lifecycle import Unit
+from ._lifecycle import unit_store
+
+_DROPPED = (
+    "flask_uow: a streamed response was garbage collected without being"
+    " closed, so its unit of work was rolled back and its connection returned"
+    " only now. The WSGI server or a middleware dropped the response iterable"
+    " without calling its close() method, which PEP 3333 requires; until it is"
+    " collected, such a response keeps a pool connection checked out."
+)
+
+
+def install(app: Flask, state: State) -> None:
+    """Make a unit of work whose request sends a streamed response end when
+    that response is closed; every other unit ends at teardown.
+
+    The decision is made on the response the app finally sends, after every
+    ``after_request`` function ran: one registered before ``init_app`` runs
+    after the end-of-request commit and may raise or return another response.
+    Flask offers no hook after the last of them but ``process_response``,
+    which it calls for each response it finalizes (again for the error
+    response when an ``after_request`` function raised). It is documented as
+    overridable; it is wrapped on the app instance here, in this one place,
+    and ``tests/test_flask_contract.py`` fails loudly if Flask changes it.
+    """
+    original = app.process_response
+
+    def process_response(response: Response) -> Response:
+        store = unit_store(app)
+        unit: Unit | None = store.get(state.key)
+        if unit is not None:
+            forget_stream(unit)  # Only the last response finalized counts.
+        response = original(response)
+        unit = store.get(state.key)
+        if unit is not None and unit.session is not None and response.is_streamed:
+            unit.streaming = end_with(app, state, store, response)
+        return response
+
+    app.process_response = process_response  # type: ignore[method-assign]
+
+
+def forget_stream(unit: Unit) -> None:
+    """Undo a decision made on a response that will not be sent."""
+    if unit.streaming is not None:
+        unit.streaming.detach()
+        unit.streaming = None
+
+
+def end_with(
+    app: Flask, state: State, store: Store, response: Response
+) -> weakref.finalize[..., None]:
+    """End the unit of work kept in *store* when *response* is closed, or, if
+    it never is, when the server lets go of the response's body.
+
+    The safety net watches the body rather than the response: a response with
+    ``direct_passthrough`` hands its body to the server without the response
+    around it. Each end runs once: whichever comes first detaches the other.
+    """
+    body: t.Any = response.response
+    try:
+        net = weakref.finalize(body, end_dropped, app, state, store)
+    except TypeError:  # A body that cannot be weakly referenced, such as iter([]).
+        net = weakref.finalize(response, end_dropped, app, state, store)
+    net.atexit = False  # At exit the pools are going away anyway.
+    response.call_on_close(functools.partial(end_closed, app, state, store, net))
+    return net
+
+
+def end_closed(
+    app: Flask, state: State, store: Store, net: weakref.finalize[..., None]
+) -> None:
+    """The server closed the response: end the unit, unless already ended."""
+    if net.detach() is not None:
+        with app.app_context():
+            close_unit(app, state, store)
+
+
+def end_dropped(app: Flask, state: State, store: Store) -> None:
+    """The response was collected unclosed: end the unit and say so. Runs in
+    the garbage collector, wherever it happens to run, so it never raises.
+    """
+    try:
+        app.logger.warning(_DROPPED)
+        with app.app_context():
+            close_unit(app, state, store)
+    except Exception:  # pragma: no cover - close_unit itself never raises
+        app.logger.exception("flask_uow: ending a dropped streamed response failed.")
