@@ -1,6 +1,7 @@
 from . import signals as signals
 from ._aborted import TransactionAbortedError as TransactionAbortedError
 from ._changes import Change as Change
+from ._config import UnknownConfigKeyWarning as UnknownConfigKeyWarning
 from ._extension import UnitOfWork as UnitOfWork
 from ._lifecycle import default_commit_veto as default_commit_veto
 from ._retry import is_transient_error as is_transient_error
@@ -16,6 +17,7 @@ __all__ = [
     "Isolation",
     "TransactionAbortedError",
     "UnitOfWork",
+    "UnknownConfigKeyWarning",
     "after_begin",
     "after_commit",
     "after_rollback",

@@ -10,15 +10,17 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 
+from ._config import check_dialect_levels
+from ._config import check_engine_options
+from ._config import check_url
+from ._config import describe_url
+from ._config import scrub
+from ._config import secrets_of
+
 _URL_HELP = (
     "Write it as 'dialect+driver://user:password@host/dbname', for example"
     " 'sqlite:///app.db' or 'postgresql+psycopg://user@localhost/app'."
 )
-
-_RESERVED_SESSION_OPTIONS = {
-    "bind": "the 'default' entry of 'UOW_ENGINES' is the session's bind",
-    "class_": "flask_uow's session class routes statements by bind key",
-}
 
 
 def create_engines(value: t.Any, instance_path: str) -> dict[str, sa.Engine]:
@@ -72,24 +74,49 @@ def _create_engine(name: str, value: t.Any, instance_path: str) -> sa.Engine:
             f"{key} must be a URL string or a dict of 'create_engine' arguments"
             f" with a 'url' key, not {type(value).__name__!r}. {_URL_HELP}"
         )
-    try:
-        url = sa.make_url(options.pop("url"))
-    except (sa_exc.ArgumentError, TypeError, ValueError):
-        # The original message may repeat the URL, password included.
-        raise ValueError(f"{key} is not a valid database URL. {_URL_HELP}") from None
+    raw = options.pop("url")
+    url = _parse_url(raw)
+    if url is None:
+        # Raised outside the parser's except clause: its message, kept in
+        # __context__, may repeat part of the password.
+        raise ValueError(f"{key} is not a valid database URL. {_URL_HELP}")
+    url = check_url(key, raw, url)
+    check_engine_options(key, url, options)
     url = _sqlite_defaults(url, options, instance_path)
-    try:
-        engine = sa.create_engine(url, **options)
-    except (sa_exc.ArgumentError, ImportError, TypeError) as e:
-        shown = url.render_as_string(hide_password=True)
+    engine = _engine_or_problem(url, options)
+    if isinstance(engine, str):
         raise ValueError(
-            f"{key} ({shown}) could not be turned into an engine: {e}. Check the"
-            " dialect and driver names, install the driver package, and pass only"
+            f"{key} ({describe_url(url)}) could not be turned into an engine:"
+            f" {scrub(engine, secrets_of(raw, url, options))}. Check the dialect"
+            " and driver names, install the driver package, and pass only"
             " arguments that 'sqlalchemy.create_engine' accepts."
-        ) from e
+        )
+    try:
+        check_dialect_levels(key, engine, options)
+    except ValueError:
+        engine.dispose()
+        raise
     if engine.dialect.name == "sqlite" and engine.dialect.driver == "pysqlite":
         _let_sqlalchemy_begin(engine)
     return engine
+
+
+def _parse_url(raw: t.Any) -> sa.URL | None:
+    try:
+        return sa.make_url(raw)
+    except (sa_exc.ArgumentError, TypeError, ValueError):
+        return None
+
+
+def _engine_or_problem(url: sa.URL, options: dict[str, t.Any]) -> sa.Engine | str:
+    """The engine, or what ``create_engine`` said was wrong (nothing connects
+    yet, so every error is a configuration error). The message is returned
+    rather than chained, since it may repeat an argument's value.
+    """
+    try:
+        return sa.create_engine(url, **options)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
 
 
 def _let_sqlalchemy_begin(engine: sa.Engine) -> None:
@@ -134,39 +161,6 @@ def _sqlite_defaults(
         return url
     os.makedirs(instance_path, exist_ok=True)
     return url.set(database=os.path.join(instance_path, database))
-
-
-def check_config(config: cabc.Mapping[str, t.Any]) -> None:
-    autocommit = config["UOW_AUTOCOMMIT"]
-    if not isinstance(autocommit, bool):
-        raise TypeError(
-            "'UOW_AUTOCOMMIT' must be True or False, not"
-            f" {type(autocommit).__name__!r}."
-        )
-    for key in ("UOW_RETRY_DELAY", "UOW_RETRY_MAX_DELAY"):
-        value = config[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise TypeError(
-                f"{key!r} must be a number of seconds, not {value!r}. For"
-                f" example app.config[{key!r}] = 0.1."
-            )
-        if value < 0:
-            raise ValueError(f"{key!r} is negative ({value!r}). Use 0 or more.")
-
-
-def session_options(value: t.Any) -> dict[str, t.Any]:
-    if not isinstance(value, cabc.Mapping):
-        raise TypeError(
-            "'UOW_SESSION_OPTIONS' must be a dict of 'sqlalchemy.orm.Session'"
-            f" keyword arguments, not {type(value).__name__!r}."
-        )
-    for name, reason in _RESERVED_SESSION_OPTIONS.items():
-        if name in value:
-            raise ValueError(
-                f"'UOW_SESSION_OPTIONS' must not set {name!r}: {reason}. Remove"
-                " it, and configure engines in 'UOW_ENGINES'."
-            )
-    return dict(value)
 
 
 def bind_key_of(table: sa.Table) -> str | None:

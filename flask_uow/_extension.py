@@ -10,15 +10,17 @@ import typing as t
 import weakref
 
 import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import current_app
 from flask import Flask
 from flask import has_app_context
 
-from ._engines import check_config
+from ._config import check_config
+from ._config import session_options
+from ._config import session_options_error
 from ._engines import create_engines
 from ._engines import RoutingSession
-from ._engines import session_options
 from ._lifecycle import CommitVeto
 from ._lifecycle import default_commit_veto
 from ._lifecycle import install
@@ -108,12 +110,9 @@ class UnitOfWork:
                 engines["default"], class_=RoutingSession, engines=engines, **options
             )
             factory().close()  # Reject unknown session options now, not mid-request.
-        except TypeError as e:
+        except (TypeError, ValueError, sa_exc.ArgumentError) as e:
             _dispose_engines(engines.values())
-            raise TypeError(
-                f"'UOW_SESSION_OPTIONS' has an option the session does not accept:"
-                f" {e}. Use only keyword arguments of 'sqlalchemy.orm.Session'."
-            ) from e
+            raise session_options_error(e) from e
         state = State(
             engines,
             factory,

@@ -19,10 +19,11 @@ from ._lifecycle import unit_store
 
 _DROPPED = (
     "flask_uow: a streamed response was garbage collected without being"
-    " closed, so its unit of work was rolled back and its connection returned"
-    " only now. The WSGI server or a middleware dropped the response iterable"
-    " without calling its close() method, which PEP 3333 requires; until it is"
-    " collected, such a response keeps a pool connection checked out."
+    " closed while its unit of work held a transaction; it was rolled back and"
+    " its connection returned only now. The WSGI server or a middleware dropped"
+    " the response iterable without calling its close() method, which PEP 3333"
+    " requires; until it is collected, such a response keeps a pool connection"
+    " checked out."
 )
 
 
@@ -92,11 +93,16 @@ def end_closed(
 
 
 def end_dropped(app: Flask, state: State, store: Store) -> None:
-    """The response was collected unclosed: end the unit and say so. Runs in
-    the garbage collector, wherever it happens to run, so it never raises.
+    """The response was collected unclosed: end the unit, with a warning when
+    that returned a connection (a response that got no further than the
+    end-of-request commit holds none). Runs in the garbage collector, wherever
+    it happens to run, so it never raises.
     """
     try:
-        app.logger.warning(_DROPPED)
+        unit: Unit | None = store.get(state.key)
+        if unit is not None and unit.session is not None:
+            if unit.session.in_transaction():
+                app.logger.warning(_DROPPED)
         with app.app_context():
             close_unit(app, state, store)
     except Exception:  # pragma: no cover - close_unit itself never raises

@@ -13,6 +13,7 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
+from flask import abort
 from flask import Flask
 from flask import Response
 from flask import stream_with_context
@@ -256,7 +257,12 @@ def test_unweakrefable_body_is_ended_by_its_response(
     watched through its response: closed, it ends the unit; dropped, the
     safety net does.
     """
-    app = app_with_late_hook(apps, uow, db_url, tmp_path, None)
+
+    def late(response: Response) -> Response:
+        uow.session.execute(sa.select(1))  # A transaction after the commit.
+        return response
+
+    app = app_with_late_hook(apps, uow, db_url, tmp_path, late)
 
     @app.get("/listed")
     def listed() -> Response:
@@ -273,3 +279,27 @@ def test_unweakrefable_body_is_ended_by_its_response(
         gc.collect()
     assert (checked_out(uow, app), open_units(uow, app)) == (0, 0)
     assert "without being closed" in caplog.records[-1].getMessage()
+
+
+def test_unclosed_stream_without_a_transaction_is_ended_quietly(
+    apps: list[tuple[Flask, PoolWatch]],
+    uow: UnitOfWork,
+    db_url: str,
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dropped streamed response whose unit holds no transaction, such as
+    the streamed error page of abort(), is ended without a warning.
+    """
+    app = app_with_late_hook(apps, uow, db_url, tmp_path, None)
+    careless_middleware(app)
+
+    @app.get("/missing")
+    def missing() -> str:
+        uow.session.execute(sa.select(1))
+        abort(404)
+
+    assert app.test_client().get("/missing").status_code == 404
+    gc.collect()
+    assert (checked_out(uow, app), open_units(uow, app)) == (0, 0)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
