@@ -5,6 +5,7 @@ with nothing left open, and no message shows a password.
 from __future__ import annotations
 
 import collections.abc as cabc
+import gc
 import logging
 import math
 import pathlib
@@ -50,6 +51,7 @@ class Opened:
 @pytest.fixture
 def opened() -> cabc.Iterator[Opened]:
     """Watch every pool and engine while the test runs."""
+    gc.collect()  # Apps of earlier tests dispose their engines when collected.
     watch = Opened()
     sa.event.listen(sa.pool.Pool, "connect", watch.connect)
     sa.event.listen(sa.Engine, "engine_disposed", watch.dispose)
