@@ -149,7 +149,8 @@ def check_url(key: str, raw: object, url: sa.URL) -> sa.URL:
     password given in the query string to the URL's password field, where
     SQLAlchemy masks it in ``repr(engine)``.
     """
-    if isinstance(raw, str) and raw.count("@") > 1:
+    networked = url.host is not None or url.username is not None
+    if isinstance(raw, str) and raw.count("@") > 1 and networked:
         raise ValueError(
             f"{key} has more than one '@', so it cannot be split into its user,"
             " password and host reliably. Percent-encode each '@' that is part"

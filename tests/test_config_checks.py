@@ -444,6 +444,19 @@ def test_query_string_password_is_moved_where_sqlalchemy_masks_it(
         assert SECRET not in repr(uow.engine)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_path_may_contain_at_signs(
+    make_app: AppFactory, uow: UnitOfWork, tmp_path: pathlib.Path
+) -> None:
+    """Only a URL with a user or host is refused for several '@'."""
+    path = tmp_path / "a@b@c.db"
+    app = make_app(UOW_ENGINES={"default": f"sqlite:///{path}"})
+    with app.app_context():
+        uow.session.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+        uow.session.commit()
+    assert path.is_file()
+
+
 def test_known_keys_cover_every_documented_key() -> None:
     """The registry of known keys and docs/config.rst list the same keys."""
     from flask_uow._config import KNOWN_KEYS

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from flask import abort
 from flask import Flask
+from flask import request_finished
 from flask import Response
 from flask import stream_with_context
 
@@ -303,3 +304,32 @@ def test_unclosed_stream_without_a_transaction_is_ended_quietly(
     gc.collect()
     assert (checked_out(uow, app), open_units(uow, app)) == (0, 0)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_failure_after_the_last_hook_ends_the_unit_with_the_error_page(
+    apps: list[tuple[Flask, PoolWatch]],
+    uow: UnitOfWork,
+    db_url: str,
+    tmp_path: pathlib.Path,
+    db: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request_finished receiver that raises after the streamed response
+    was finalized makes Flask send its error page instead (itself streamed):
+    the unit ends with the error page's close, not with the dropped stream.
+    """
+    app = app_with_late_hook(apps, uow, db_url, tmp_path, None)
+
+    def fail(sender: Flask, response: Response, **extra: t.Any) -> None:
+        if response.is_streamed and response.status_code == 200:
+            raise RuntimeError("receiver failed")
+
+    with request_finished.connected_to(fail, app):
+        response = app.test_client().post("/export/a")
+    assert response.status_code == 500
+    gc.collect()
+    assert open_units(uow, app) == 1
+    response.close()
+    assert (checked_out(uow, app), open_units(uow, app)) == (0, 0)
+    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+    assert db.names() == ["a"]  # Committed before the receiver ran.
