@@ -108,4 +108,5 @@ def backoff(attempt: int, delay: float, max_delay: float) -> float:
     """Seconds to wait before retry number *attempt* (1 for the first retry):
     a random time up to ``delay * 2 ** (attempt - 1)``, capped at *max_delay*.
     """
-    return random.uniform(0, min(max_delay, delay * 2 ** (attempt - 1)))
+    # Past 2 ** 64 the cap has long won; a larger power overflows a float.
+    return random.uniform(0, min(max_delay, delay * 2 ** min(attempt - 1, 64)))
