@@ -27,6 +27,9 @@ from ._lifecycle import install
 from ._lifecycle import RetryClassifier
 from ._lifecycle import State
 from ._lifecycle import Unit
+from ._recovery import install_cli
+from ._recovery import recover
+from ._recovery import Resolution
 from ._retry import is_transient_error
 from ._streaming import install as install_streaming
 from ._transaction import callback_list
@@ -36,6 +39,9 @@ from ._transaction import Retrier
 from ._transaction import run_in_transactions
 from ._transaction import transaction_argument_error
 from ._transaction import TransactionBlock
+from ._twophase import check_two_phase
+from ._twophase import Coordinator
+from ._twophase import install as install_two_phase
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
@@ -73,6 +79,9 @@ class UnitOfWork:
         self._states: weakref.WeakKeyDictionary[Flask, State] = (
             weakref.WeakKeyDictionary()
         )
+        self._coordinators: weakref.WeakKeyDictionary[Flask, Coordinator] = (
+            weakref.WeakKeyDictionary()
+        )
         self._commit_veto: CommitVeto = default_commit_veto
         self._retry_classifier: RetryClassifier = is_transient_error
         if app is not None:
@@ -102,9 +111,15 @@ class UnitOfWork:
         app.config.setdefault("UOW_AUTOCOMMIT", True)
         app.config.setdefault("UOW_RETRY_DELAY", 0.05)
         app.config.setdefault("UOW_RETRY_MAX_DELAY", 2.0)
+        app.config.setdefault("UOW_TWO_PHASE", False)
         check_config(app.config)
         options = session_options(app.config["UOW_SESSION_OPTIONS"])
         engines = create_engines(app.config.get("UOW_ENGINES"), app.instance_path)
+        try:
+            two_phase = check_two_phase(app.config["UOW_TWO_PHASE"], engines)
+        except (TypeError, ValueError):
+            _dispose_engines(engines.values())
+            raise
         try:
             factory: orm.sessionmaker[orm.Session] = orm.sessionmaker(
                 engines["default"], class_=RoutingSession, engines=engines, **options
@@ -122,6 +137,10 @@ class UnitOfWork:
         )
         install(app, state)
         install_streaming(app, state)
+        coordinator = install_two_phase(state, two_phase)
+        if coordinator is not None:
+            self._coordinators[app] = coordinator
+        install_cli(app)
         self._states[app] = state
         app.extensions["uow"] = self
         weakref.finalize(app, _dispose_engines, list(engines.values()))
@@ -182,6 +201,36 @@ class UnitOfWork:
         """
         for engine in self._state(app)[1].engines.values():
             engine.dispose(close=close)
+
+    def recover(
+        self, app: Flask | None = None, *, dry_run: bool = False
+    ) -> list[Resolution]:
+        """Resolve the two-phase commits of the app that a crash interrupted,
+        and delete decision records older than an hour that nothing needs.
+        The ``flask uow recover`` command calls it.
+
+        Every transaction that flask_uow prepared on one of the app's engines
+        and that is still prepared is committed if its decision record says
+        so, and rolled back otherwise. One whose unit of work is still
+        committing is waited for, up to five seconds, then left alone. Prepared
+        transactions of other software, or of apps with another ``"default"``
+        database, are never touched. See :doc:`/two_phase`.
+
+        :param app: The app; the current app if not given.
+        :param dry_run: Only report what would be done.
+        :return: What was done with each prepared transaction.
+        :raise RuntimeError: ``UOW_TWO_PHASE`` is off for the app.
+
+        .. versionadded:: 0.2
+        """
+        app, state = self._state(app)
+        coordinator = self._coordinators.get(app)
+        if coordinator is None:
+            raise RuntimeError(
+                f"The app {app.name!r} does not use two-phase commit, so there is"
+                " nothing to recover. Set 'UOW_TWO_PHASE = True' to use it."
+            )
+        return recover(coordinator, dry_run)
 
     def mark_rollback_only(self) -> None:
         """Make the current transaction roll back at its end instead of

@@ -1,0 +1,355 @@
+"""Commits across several engines: two-phase commit with a recorded decision,
+and, without it, a log of which engines a failed commit reached.
+
+With ``UOW_TWO_PHASE`` on, a commit whose transaction wrote to two or more
+engines goes like this, driven from the session's own commit so that every
+commit path (end of request, ``uow.transaction()``, explicit commits) takes it:
+
+1.  ``before_commit`` (after the final flush): the coordinator, the
+    ``"default"`` engine's transaction, inserts a decision row into
+    ``flask_uow_decisions``; every other engine that wrote runs
+    ``PREPARE TRANSACTION`` with an id that names the decision.
+2.  SQLAlchemy commits the connections: the coordinator's COMMIT makes the
+    decision durable; the prepared connections have nothing left to commit.
+3.  ``after_commit``: ``COMMIT PREPARED`` on each prepared transaction.
+
+A crash anywhere leaves prepared transactions that :func:`resolve` settles by
+the decision row: committed if it exists, rolled back otherwise. A unit whose
+commit failed settles its own prepared transactions the same way when its
+transaction ends.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import hashlib
+import logging
+import typing as t
+import uuid
+import weakref
+
+import sqlalchemy as sa
+import sqlalchemy.orm as orm
+from flask import current_app
+from flask import has_app_context
+from sqlalchemy.dialects import postgresql
+
+if t.TYPE_CHECKING:
+    from ._lifecycle import State
+
+PREFIX = "flask_uow"
+#: Tracked connections of a session's root transaction, by engine name.
+_CONNECTIONS = "flask_uow.connections"
+#: Prepared transactions of the commit in progress: (engine name, gid).
+_PREPARED = "flask_uow.prepared"
+#: Engines whose COMMIT was sent, in order, for the log of a failed commit.
+_ATTEMPTS = "flask_uow.commit_attempts"
+
+decisions = sa.Table(
+    "flask_uow_decisions",
+    sa.MetaData(),
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("committed", sa.Boolean, nullable=False),
+    sa.Column(
+        "created",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.func.clock_timestamp(),
+    ),
+)
+
+_logger = logging.getLogger("flask_uow")
+
+
+def logger() -> logging.Logger:
+    return current_app.logger if has_app_context() else _logger
+
+
+def check_two_phase(value: t.Any, engines: cabc.Mapping[str, sa.Engine]) -> bool:
+    """Validate ``UOW_TWO_PHASE`` against the engines it would apply to."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"'UOW_TWO_PHASE' must be True or False, not {type(value).__name__!r}."
+        )
+    if value:
+        for name, engine in engines.items():
+            if engine.dialect.name != "postgresql":
+                raise ValueError(
+                    f"'UOW_TWO_PHASE' is on, but UOW_ENGINES[{name!r}] is a"
+                    f" {engine.dialect.name!r} database, which flask_uow cannot"
+                    " prepare transactions on. Use PostgreSQL for every engine,"
+                    " or turn 'UOW_TWO_PHASE' off."
+                )
+    return value
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a PostgreSQL error, wrapped by SQLAlchemy or not."""
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+class Coordinator:
+    """What two-phase commit and recovery need to know about one app."""
+
+    def __init__(self, engines: cabc.Mapping[str, sa.Engine]) -> None:
+        self.engines = engines
+        self.names = {engine: name for name, engine in engines.items()}
+        self._namespace: str | None = None
+
+    def namespace(self) -> str:
+        """The part of every transaction id that names this app's decision
+        table: a hash of the ``"default"`` database's identity (the cluster's
+        system identifier and the database name). Recovery only touches
+        prepared transactions of its own namespace. Creates the decision table
+        the first time.
+        """
+        if self._namespace is None:
+            with self.engines["default"].begin() as conn:
+                identity = conn.execute(
+                    sa.text(
+                        "SELECT system_identifier::text || '/' || current_database()"
+                        " FROM pg_control_system()"
+                    )
+                ).scalar_one()
+                if (
+                    conn.execute(
+                        sa.text("SELECT to_regclass('flask_uow_decisions')")
+                    ).scalar()
+                    is None
+                ):
+                    # Serialize creation among workers starting together.
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                        {"name": decisions.name},
+                    )
+                    decisions.create(conn, checkfirst=True)
+            digest = hashlib.sha1(identity.encode()).hexdigest()[:12]
+            self._namespace = digest
+        return self._namespace
+
+    def gid(self, decision: str, engine: str) -> str:
+        return f"{PREFIX}:{self.namespace()}:{decision}:{engine}"
+
+    def decide(self, decision: str, *, dry_run: bool = False) -> bool | None:
+        """The outcome recorded for *decision*: True to commit, False to roll
+        back. Unless *dry_run*, an undecided decision is decided "roll back" by
+        inserting that outcome; if the unit of work that owns it is still
+        committing, the insert waits for it (up to five seconds, then None).
+        """
+        with self.engines["default"].begin() as conn:
+            if not dry_run:
+                conn.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+                insert = postgresql.insert(decisions)
+                try:
+                    conn.execute(
+                        insert.values(
+                            id=decision, committed=False
+                        ).on_conflict_do_nothing()
+                    )
+                except sa.exc.OperationalError as e:
+                    if sqlstate(e) == "55P03":  # lock_not_available
+                        return None
+                    raise  # pragma: no cover - the server failed
+            committed = conn.execute(
+                sa.select(decisions.c.committed).where(decisions.c.id == decision)
+            ).scalar()
+        return bool(committed)
+
+    def finish(self, engine: str, gid: str, commit: bool) -> None:
+        """COMMIT PREPARED or ROLLBACK PREPARED *gid* on a connection of its
+        own. A transaction that is gone was finished by someone else.
+        """
+        with self.engines[engine].connect() as conn:
+            try:
+                if commit:
+                    conn.commit_prepared(gid, recover=True)
+                else:
+                    conn.rollback_prepared(gid, recover=True)
+            except Exception as e:
+                if sqlstate(e) != "42704":  # undefined_object: already finished
+                    raise
+
+    def before_commit(self, session: orm.Session) -> None:
+        """Phase one, once the last flush is done: decide, then prepare."""
+        if (
+            session.in_nested_transaction()
+            or len(session.info.get(_CONNECTIONS, ())) < 2
+        ):
+            return
+        session.flush()
+        connections: dict[str, sa.Connection] = session.info[_CONNECTIONS]
+        writers = [name for name, conn in connections.items() if _wrote(conn)]
+        if len(writers) < 2:
+            return
+        coordinator = session.connection(
+            bind_arguments={"bind": self.engines["default"]}
+        )
+        self.namespace()  # The decision table exists from here on.
+        decision = uuid.uuid4().hex
+        coordinator.execute(decisions.insert().values(id=decision, committed=True))
+        prepared: list[tuple[str, str]] = []
+        session.info[_PREPARED] = prepared
+        for name in writers:
+            if name == "default":
+                continue
+            gid = self.gid(decision, name)
+            statement = sa.text("PREPARE TRANSACTION :gid").bindparams(
+                sa.bindparam("gid", gid, literal_execute=True)
+            )
+            try:
+                connections[name].execute(statement)
+            except sa.exc.DBAPIError as e:
+                if sqlstate(e) == "55000":  # object_not_in_prerequisite_state
+                    raise RuntimeError(
+                        f"The engine {name!r} cannot prepare transactions: its"
+                        " PostgreSQL server has 'max_prepared_transactions' set"
+                        " to 0, so 'UOW_TWO_PHASE' cannot work. Set"
+                        " max_prepared_transactions (for example to the value of"
+                        " max_connections) in postgresql.conf and restart the"
+                        " server."
+                    ) from e
+                raise
+            prepared.append((name, gid))
+
+    def after_commit(self, session: orm.Session) -> None:
+        """Phase two: the decision is committed; commit what was prepared."""
+        prepared = session.info.pop(_PREPARED, None)
+        if not prepared:
+            return
+        connections: dict[str, sa.Connection] = session.info[_CONNECTIONS]
+        for name, gid in prepared:
+            try:
+                connections[name].commit_prepared(gid, recover=True)
+            except Exception as e:
+                if sqlstate(e) == "42704":  # Recovery finished it already.
+                    continue
+                logger().exception(
+                    "flask_uow: the commit is decided but 'COMMIT PREPARED %s'"
+                    " failed on the engine %r. Run 'flask uow recover' to finish"
+                    " it.",
+                    gid,
+                    name,
+                )
+
+    def after_transaction_end(
+        self, session: orm.Session, transaction: orm.SessionTransaction
+    ) -> None:
+        """Settle by the decision record what a failed commit left prepared."""
+        if transaction.parent is not None:
+            return
+        session.info.pop(_CONNECTIONS, None)
+        prepared = session.info.pop(_PREPARED, None)
+        if not prepared:
+            return
+        decision = prepared[0][1].split(":")[2]
+        try:
+            commit = self.decide(decision)
+            if commit is None:  # pragma: no cover - the unit has ended
+                raise RuntimeError("the decision is still being made")
+            for name, gid in prepared:
+                self.finish(name, gid, commit)
+        except Exception:
+            logger().exception(
+                "flask_uow: the commit failed after transactions were prepared"
+                " (%s), and settling them failed. Run 'flask uow recover'.",
+                ", ".join(gid for _, gid in prepared),
+            )
+
+
+def _wrote(connection: sa.Connection) -> bool:
+    """Whether the connection's transaction wrote anything: PostgreSQL gives a
+    transaction an id at its first write (or row lock).
+    """
+    return bool(
+        connection.exec_driver_sql(
+            "SELECT pg_current_xact_id_if_assigned() IS NOT NULL"
+        ).scalar()
+    )
+
+
+class PartialCommitLog:
+    """Without two-phase commit: when a commit across several engines fails
+    part-way, log which engines committed and which did not.
+    """
+
+    def __init__(self, engines: cabc.Mapping[str, sa.Engine]) -> None:
+        self.names = {engine: name for name, engine in engines.items()}
+        #: The commit attempts of each connection's session, while it commits.
+        self.attempts: weakref.WeakKeyDictionary[sa.Connection, list[str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        for engine in engines.values():
+            sa.event.listen(engine, "commit", self.on_connection_commit)
+
+    def on_connection_commit(self, connection: sa.Connection) -> None:
+        attempts = self.attempts.get(connection)
+        if attempts is not None:
+            attempts.append(self.names[connection.engine])
+
+    def before_commit(self, session: orm.Session) -> None:
+        connections = session.info.get(_CONNECTIONS, {})
+        if session.in_nested_transaction() or len(connections) < 2:
+            return
+        attempts = session.info[_ATTEMPTS] = []
+        for connection in connections.values():
+            self.attempts[connection] = attempts
+
+    def after_commit(self, session: orm.Session) -> None:
+        session.info.pop(_ATTEMPTS, None)
+
+    def after_transaction_end(
+        self, session: orm.Session, transaction: orm.SessionTransaction
+    ) -> None:
+        if transaction.parent is not None:
+            return
+        connections: dict[str, sa.Connection] = session.info.get(_CONNECTIONS, {})
+        attempts: list[str] | None = session.info.pop(_ATTEMPTS, None)
+        if attempts and len(attempts) > 1:
+            *committed, failed = attempts
+            others = sorted(set(connections) - set(attempts))
+            logger().error(
+                "flask_uow: the commit failed part-way and the databases now"
+                " disagree. Committed on %s; failed on %r; not committed on %s."
+                " Set 'UOW_TWO_PHASE' to make commits across engines atomic.",
+                ", ".join(repr(name) for name in committed),
+                failed,
+                ", ".join(repr(name) for name in others) or "no other engine",
+            )
+
+
+def install(state: State, two_phase: bool) -> Coordinator | None:
+    """Attach the listeners to the app's sessionmaker: two-phase commit if
+    *two_phase*, else the log of partial commits (with several engines).
+    Returns the coordinator that recovery uses.
+    """
+    engines = state.engines
+    if len(engines) < 2 and not two_phase:
+        return None
+    handler: Coordinator | PartialCommitLog
+    handler = Coordinator(engines) if two_phase else PartialCommitLog(engines)
+
+    def isolated(session: orm.Session) -> bool:
+        return state.isolation is not None
+
+    def after_begin(
+        session: orm.Session,
+        transaction: orm.SessionTransaction,
+        connection: sa.Connection,
+    ) -> None:
+        if not isolated(session) and transaction.parent is None:
+            name = handler.names.get(connection.engine)
+            if name is not None:
+                session.info.setdefault(_CONNECTIONS, {})[name] = connection
+
+    def before_commit(session: orm.Session) -> None:
+        if not isolated(session):
+            handler.before_commit(session)
+
+    factory = state.factory
+    sa.event.listen(factory, "after_begin", after_begin)
+    sa.event.listen(factory, "before_commit", before_commit)
+    sa.event.listen(factory, "after_commit", handler.after_commit)
+    sa.event.listen(factory, "after_transaction_end", handler.after_transaction_end)
+    return handler if isinstance(handler, Coordinator) else None
