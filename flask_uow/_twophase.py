@@ -38,8 +38,6 @@ if t.TYPE_CHECKING:
     from ._lifecycle import State
 
 PREFIX = "flask_uow"
-#: Tracked connections of a session's root transaction, by engine name.
-_CONNECTIONS = "flask_uow.connections"
 #: Prepared transactions of the commit in progress: (engine name, gid).
 _PREPARED = "flask_uow.prepared"
 #: Engines whose COMMIT was sent, in order, for the log of a failed commit.
@@ -81,6 +79,17 @@ def check_two_phase(value: t.Any, engines: cabc.Mapping[str, sa.Engine]) -> bool
                     " or turn 'UOW_TWO_PHASE' off."
                 )
     return value
+
+
+def connections_by_name(
+    session: orm.Session, names: cabc.Mapping[sa.Engine, str]
+) -> dict[str, sa.Connection]:
+    """The connections of the session's transaction (its unit of work keeps
+    them, see ``_bridge``), by engine name, in the order they began.
+    """
+    unit = getattr(session, "uow_unit", None)
+    connections: list[sa.Connection] = getattr(unit, "connections", [])
+    return {names[conn.engine]: conn for conn in connections if conn.engine in names}
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -173,13 +182,12 @@ class Coordinator:
 
     def before_commit(self, session: orm.Session) -> None:
         """Phase one, once the last flush is done: decide, then prepare."""
-        if (
-            session.in_nested_transaction()
-            or len(session.info.get(_CONNECTIONS, ())) < 2
-        ):
+        if session.in_nested_transaction() or not session.in_transaction():
             return
-        session.flush()
-        connections: dict[str, sa.Connection] = session.info[_CONNECTIONS]
+        session.flush()  # The last one: what it writes must be prepared too.
+        connections = connections_by_name(session, self.names)
+        if len(connections) < 2:
+            return
         writers = [name for name, conn in connections.items() if _wrote(conn)]
         if len(writers) < 2:
             return
@@ -189,7 +197,7 @@ class Coordinator:
         self.namespace()  # The decision table exists from here on.
         decision = uuid.uuid4().hex
         coordinator.execute(decisions.insert().values(id=decision, committed=True))
-        prepared: list[tuple[str, str]] = []
+        prepared: list[tuple[str, sa.Connection, str]] = []
         session.info[_PREPARED] = prepared
         for name in writers:
             if name == "default":
@@ -211,17 +219,16 @@ class Coordinator:
                         " server."
                     ) from e
                 raise
-            prepared.append((name, gid))
+            prepared.append((name, connections[name], gid))
 
     def after_commit(self, session: orm.Session) -> None:
         """Phase two: the decision is committed; commit what was prepared."""
         prepared = session.info.pop(_PREPARED, None)
         if not prepared:
             return
-        connections: dict[str, sa.Connection] = session.info[_CONNECTIONS]
-        for name, gid in prepared:
+        for name, connection, gid in prepared:
             try:
-                connections[name].commit_prepared(gid, recover=True)
+                connection.commit_prepared(gid, recover=True)
             except Exception as e:
                 if sqlstate(e) == "42704":  # Recovery finished it already.
                     continue
@@ -239,22 +246,21 @@ class Coordinator:
         """Settle by the decision record what a failed commit left prepared."""
         if transaction.parent is not None:
             return
-        session.info.pop(_CONNECTIONS, None)
         prepared = session.info.pop(_PREPARED, None)
         if not prepared:
             return
-        decision = prepared[0][1].split(":")[2]
+        decision = prepared[0][2].split(":")[2]
         try:
             commit = self.decide(decision)
             if commit is None:  # pragma: no cover - the unit has ended
                 raise RuntimeError("the decision is still being made")
-            for name, gid in prepared:
+            for name, _, gid in prepared:
                 self.finish(name, gid, commit)
         except Exception:
             logger().exception(
                 "flask_uow: the commit failed after transactions were prepared"
                 " (%s), and settling them failed. Run 'flask uow recover'.",
-                ", ".join(gid for _, gid in prepared),
+                ", ".join(gid for _, _, gid in prepared),
             )
 
 
@@ -289,10 +295,13 @@ class PartialCommitLog:
             attempts.append(self.names[connection.engine])
 
     def before_commit(self, session: orm.Session) -> None:
-        connections = session.info.get(_CONNECTIONS, {})
-        if session.in_nested_transaction() or len(connections) < 2:
+        if session.in_nested_transaction():
             return
-        attempts = session.info[_ATTEMPTS] = []
+        connections = connections_by_name(session, self.names)
+        if len(connections) < 2:
+            return
+        attempts: list[str] = []
+        session.info[_ATTEMPTS] = (attempts, list(connections))
         for connection in connections.values():
             self.attempts[connection] = attempts
 
@@ -304,11 +313,10 @@ class PartialCommitLog:
     ) -> None:
         if transaction.parent is not None:
             return
-        connections: dict[str, sa.Connection] = session.info.get(_CONNECTIONS, {})
-        attempts: list[str] | None = session.info.pop(_ATTEMPTS, None)
+        attempts, names = session.info.pop(_ATTEMPTS, (None, []))
         if attempts and len(attempts) > 1:
             *committed, failed = attempts
-            others = sorted(set(connections) - set(attempts))
+            others = [name for name in names if name not in attempts]
             logger().error(
                 "flask_uow: the commit failed part-way and the databases now"
                 " disagree. Committed on %s; failed on %r; not committed on %s."
@@ -330,25 +338,12 @@ def install(state: State, two_phase: bool) -> Coordinator | None:
     handler: Coordinator | PartialCommitLog
     handler = Coordinator(engines) if two_phase else PartialCommitLog(engines)
 
-    def isolated(session: orm.Session) -> bool:
-        return state.isolation is not None
-
-    def after_begin(
-        session: orm.Session,
-        transaction: orm.SessionTransaction,
-        connection: sa.Connection,
-    ) -> None:
-        if not isolated(session) and transaction.parent is None:
-            name = handler.names.get(connection.engine)
-            if name is not None:
-                session.info.setdefault(_CONNECTIONS, {})[name] = connection
-
     def before_commit(session: orm.Session) -> None:
-        if not isolated(session):
+        # Under test isolation every commit is a savepoint's release.
+        if state.isolation is None:
             handler.before_commit(session)
 
     factory = state.factory
-    sa.event.listen(factory, "after_begin", after_begin)
     sa.event.listen(factory, "before_commit", before_commit)
     sa.event.listen(factory, "after_commit", handler.after_commit)
     sa.event.listen(factory, "after_transaction_end", handler.after_transaction_end)

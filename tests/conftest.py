@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections.abc as cabc
 import os
 import pathlib
+import shutil
+import tempfile
 import typing as t
 import uuid
 import warnings
@@ -52,18 +54,21 @@ def _start_pgserver(folder: pathlib.Path) -> tuple[str, t.Any]:
 
 
 @pytest.fixture(scope="session")
-def postgresql_server(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> cabc.Iterator[sa.URL]:
+def postgresql_server() -> cabc.Iterator[sa.URL]:
     """A PostgreSQL server for the whole run: ``UOW_TEST_DATABASE_URL`` if set,
     else one started from the ``pgserver`` package. If neither works the tests
     that need it fail; they never skip.
+
+    Its data lives in a temporary folder of its own: pytest's base folder is
+    shared by every pytest run of this user, and a run that starts later
+    deletes old ones, which would pull the data from under a running server.
     """
     url = os.environ.get("UOW_TEST_DATABASE_URL")
     server = None
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="flask_uow_pg_"))
     if not url:
         try:
-            url, server = _start_pgserver(tmp_path_factory.mktemp("pgdata"))
+            url, server = _start_pgserver(folder / "pgdata")
         except Exception as e:  # pragma: no cover - only when the server breaks
             pytest.fail(
                 f"Could not start a PostgreSQL server with 'pgserver' ({e!r})."
@@ -75,6 +80,7 @@ def postgresql_server(
     finally:
         if server is not None:
             server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
