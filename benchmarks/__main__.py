@@ -29,6 +29,7 @@ from . import e2e
 from . import guard
 from . import memory
 from . import requests
+from . import twophase
 from .apps import VARIANTS
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
@@ -148,6 +149,26 @@ def main(argv: list[str] | None = None) -> int:
                 + ".",
                 "",
             ]
+
+            print("Two-phase commit...", file=sys.stderr)
+            tp = twophase.run(folder / "pg2pc", rounds, per_round)
+            without, with_ = (
+                tp.median_us["without two-phase"],
+                tp.median_us["two-phase"],
+            )
+            lines += [
+                "**Commit across two databases** (PostgreSQL, two databases on"
+                " one server): a request that inserts one row in each, median"
+                f" microseconds over {rounds} rounds of {per_round} requests:"
+                f" {without:.1f} without two-phase commit, {with_:.1f} with"
+                f" ``UOW_TWO_PHASE`` ({with_ / without:.2f}x).",
+                "",
+            ]
+            if tp.rows["default"] != tp.rows["other"] or tp.prepared_left:
+                failures.append(
+                    f"two-phase commit: rows {tp.rows}, {tp.prepared_left} prepared"
+                    " transactions left"
+                )
 
             print("Memory...", file=sys.stderr)
             mem = memory.run("SQLite", urls["SQLite"], memory_requests, 10_000)

@@ -221,7 +221,7 @@ class UnitOfWork:
         :return: What was done with each prepared transaction.
         :raise RuntimeError: ``UOW_TWO_PHASE`` is off for the app.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         app, state = self._state(app)
         coordinator = self._coordinators.get(app)

@@ -26,7 +26,7 @@ class Resolution:
     """What :meth:`~flask_uow.UnitOfWork.recover` did with one prepared
     transaction.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     #: The name of the engine (in ``UOW_ENGINES``) where it was prepared.

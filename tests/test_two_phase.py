@@ -420,3 +420,101 @@ def test_concurrent_transfers_conserve_totals(
     )
     assert sum(first.values()) + sum(second.values()) == 8000
     assert first != {i: 1000 for i in range(4)}
+
+
+def test_savepoints_inside_a_two_phase_transaction(
+    make_two_phase_app: AppFactory, uow: UnitOfWork, two_phase_urls: dict[str, str]
+) -> None:
+    """Savepoints released and rolled back inside a cross-engine transaction
+    keep their meaning; the outermost commit is a two-phase commit.
+    """
+    app = make_two_phase_app()
+    with app.app_context():
+        with uow.transaction() as session:
+            session.execute(sa.insert(ACCOUNTS["default"]).values(id=5, balance=1))
+            with uow.transaction():
+                session.execute(sa.insert(ACCOUNTS["other"]).values(id=5, balance=2))
+            with pytest.raises(LookupError), uow.transaction():
+                session.execute(sa.insert(ACCOUNTS["other"]).values(id=6, balance=3))
+                raise LookupError
+    assert balances(two_phase_urls["default"]) == {5: 1}
+    assert balances(two_phase_urls["other"]) == {5: 2}
+    assert decision_count(two_phase_urls["default"]) == 1
+
+
+def test_single_engine_request_has_one_connection(
+    make_two_phase_app: AppFactory, uow: UnitOfWork, two_phase_urls: dict[str, str]
+) -> None:
+    """A request on the default engine alone commits as without two-phase
+    commit.
+    """
+    app = make_two_phase_app()
+    sent = statements(app, uow)
+    assert app.test_client().post("/open/default/7").status_code == 200
+    assert balances(two_phase_urls["default"]) == {7: 100}
+    assert not any("pg_current_xact_id" in s or "PREPARE" in s for s in sent)
+
+
+def test_lost_participant_is_committed_by_recovery(
+    make_two_phase_app: AppFactory,
+    uow: UnitOfWork,
+    two_phase_urls: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When a participant's connection is lost after the decision, the
+    request still succeeds (the commit is decided), the failure is logged,
+    and recovery commits the participant.
+    """
+    app = make_two_phase_app()
+    admin = sa.create_engine(two_phase_urls["other"], poolclass=sa.NullPool)
+
+    def kill(conn: sa.Connection) -> None:
+        pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        with admin.connect() as killer:
+            killer.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    with app.app_context():
+        sa.event.listen(uow.engines["other"], "commit", kill)
+    response = app.test_client().post("/open/default,other/8")
+    admin.dispose()
+    assert response.status_code == 200
+    assert balances(two_phase_urls["default"]) == {8: 100}
+    assert balances(two_phase_urls["other"]) == {}
+    assert "Run 'flask uow recover' to finish it." in caplog.text
+    with app.app_context():
+        (resolution,) = uow.recover()
+    assert (resolution.engine, resolution.outcome) == ("other", "committed")
+    assert str(resolution).startswith("committed: flask_uow:")
+    assert balances(two_phase_urls["other"]) == {8: 100}
+
+
+def test_recovery_waits_for_a_unit_still_committing(
+    make_two_phase_app: AppFactory, uow: UnitOfWork, two_phase_urls: dict[str, str]
+) -> None:
+    """A prepared transaction whose coordinator has not decided yet is left
+    alone ("in progress") rather than rolled back under it; once the
+    coordinator commits, recovery commits it.
+    """
+    app = make_two_phase_app()
+    with app.app_context():
+        namespace = uow._coordinators[app].namespace()
+    gid = f"flask_uow:{namespace}:d1:other"
+    coordinator = sa.create_engine(two_phase_urls["default"], poolclass=sa.NullPool)
+    participant = sa.create_engine(two_phase_urls["other"], poolclass=sa.NullPool)
+    with participant.connect() as conn:
+        conn.execute(sa.insert(ACCOUNTS["other"]).values(id=10, balance=1))
+        conn.exec_driver_sql(f"PREPARE TRANSACTION '{gid}'")
+    with coordinator.connect() as deciding:
+        deciding.execute(
+            sa.text(
+                "INSERT INTO flask_uow_decisions (id, committed) VALUES ('d1', true)"
+            )
+        )
+        with app.app_context():
+            assert [r.outcome for r in uow.recover()] == ["in progress"]
+        deciding.commit()
+    with app.app_context():
+        assert [r.outcome for r in uow.recover()] == ["committed"]
+    assert balances(two_phase_urls["other"]) == {10: 1}
+    coordinator.dispose()
+    participant.dispose()
