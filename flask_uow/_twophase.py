@@ -13,10 +13,10 @@ commit path (end of request, ``uow.transaction()``, explicit commits) takes it:
     decision durable; the prepared connections have nothing left to commit.
 3.  ``after_commit``: ``COMMIT PREPARED`` on each prepared transaction.
 
-A crash anywhere leaves prepared transactions that :func:`resolve` settles by
-the decision row: committed if it exists, rolled back otherwise. A unit whose
-commit failed settles its own prepared transactions the same way when its
-transaction ends.
+A crash anywhere leaves prepared transactions that recovery (``_recovery``)
+settles by the decision row: committed if it says so, rolled back otherwise.
+A unit whose commit failed settles its own prepared transactions the same way
+when its transaction ends.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ if t.TYPE_CHECKING:
     from ._lifecycle import State
 
 PREFIX = "flask_uow"
-#: Prepared transactions of the commit in progress: (engine name, gid).
+#: Prepared transactions of the commit in progress: (engine name, connection,
+#: transaction id).
 _PREPARED = "flask_uow.prepared"
 #: Engines whose COMMIT was sent, in order, for the log of a failed commit.
 _ATTEMPTS = "flask_uow.commit_attempts"
@@ -60,6 +61,7 @@ _logger = logging.getLogger("flask_uow")
 
 
 def logger() -> logging.Logger:
+    """The current app's logger; a module logger outside app contexts."""
     return current_app.logger if has_app_context() else _logger
 
 
