@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_uow import after_commit
+from flask_uow import Isolation
 from flask_uow import UnitOfWork
 
 from .conftest import check_no_leaks
@@ -518,3 +519,19 @@ def test_recovery_waits_for_a_unit_still_committing(
     assert balances(two_phase_urls["other"]) == {10: 1}
     coordinator.dispose()
     participant.dispose()
+
+
+def test_isolated_tests_skip_two_phase(
+    make_two_phase_app: AppFactory, uow: UnitOfWork, two_phase_urls: dict[str, str]
+) -> None:
+    """Under test isolation a cross-engine commit is a savepoint release: no
+    PREPARE, and everything is rolled back when the isolation ends.
+    """
+    app = make_two_phase_app()
+    sent = statements(app, uow)
+    with Isolation(app) as isolation:
+        assert app.test_client().post("/open/default,other/11").status_code == 200
+        assert app.config["CALLBACKS"] == [11]
+        assert len(isolation.callbacks) == 1
+    assert not any(s.startswith("PREPARE") for s in sent)
+    assert [balances(url) for url in two_phase_urls.values()] == [{}] * 3
