@@ -99,7 +99,9 @@ class UnitOfWork:
         :raise RuntimeError: The app is already registered, or ``UOW_ENGINES`` is
             missing or has no ``"default"`` engine.
         :raise TypeError: A configuration value has the wrong type.
-        :raise ValueError: A URL or an engine or session option is invalid.
+        :raise ValueError: A URL or an engine or session option is invalid,
+            or ``UOW_TWO_PHASE`` is on and an engine cannot prepare
+            transactions.
         """
         if "uow" in app.extensions:
             raise RuntimeError(
@@ -223,7 +225,7 @@ class UnitOfWork:
 
         .. versionadded:: 0.1
         """
-        app, state = self._state(app)
+        app = self._state(app)[0]
         coordinator = self._coordinators.get(app)
         if coordinator is None:
             raise RuntimeError(
