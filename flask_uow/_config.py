@@ -23,6 +23,7 @@ KNOWN_KEYS = frozenset(
         "UOW_AUTOCOMMIT",
         "UOW_RETRY_DELAY",
         "UOW_RETRY_MAX_DELAY",
+        "UOW_TWO_PHASE",
     }
 )
 

@@ -70,6 +70,7 @@ def check_two_phase(value: t.Any, engines: cabc.Mapping[str, sa.Engine]) -> bool
     if not isinstance(value, bool):
         raise TypeError(
             f"'UOW_TWO_PHASE' must be True or False, not {type(value).__name__!r}."
+            " For example app.config['UOW_TWO_PHASE'] = True."
         )
     if value:
         for name, engine in engines.items():
