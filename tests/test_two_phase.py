@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import typing as t
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -181,18 +182,35 @@ def test_failed_prepare_rolls_back_every_engine(
     assert signals == []
 
 
+@pytest.fixture
+def unprepared_database(postgresql_server: sa.URL) -> cabc.Iterator[str]:
+    """A database with the accounts table, of its own, on the suite's main
+    server, whose max_prepared_transactions is PostgreSQL's default, 0.
+    """
+    name = f"unprepared_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(
+        postgresql_server, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = postgresql_server.set(database=name).render_as_string(False)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    ACCOUNTS["default"].metadata.create_all(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
 def test_prepared_transactions_disabled_is_reported(
-    uow: UnitOfWork, postgresql_database: str
+    uow: UnitOfWork, unprepared_database: str
 ) -> None:
     """On a server with max_prepared_transactions = 0 the first cross-engine
     commit fails with an error that says how to fix it, and nothing is
     committed.
     """
-    engine = sa.create_engine(postgresql_database, poolclass=sa.NullPool)
-    for table in ACCOUNTS.values():
-        table.metadata.drop_all(engine)
-    ACCOUNTS["default"].metadata.create_all(engine)
-    engine.dispose()
+    postgresql_database = unprepared_database
     app = Flask(__name__)
     app.config["UOW_ENGINES"] = {
         "default": postgresql_database,
