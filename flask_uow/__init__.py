@@ -4,6 +4,7 @@ from ._changes import Change as Change
 from ._config import UnknownConfigKeyWarning as UnknownConfigKeyWarning
 from ._extension import UnitOfWork as UnitOfWork
 from ._lifecycle import default_commit_veto as default_commit_veto
+from ._pagination import Pagination as Pagination
 from ._recovery import Resolution as Resolution
 from ._retry import is_transient_error as is_transient_error
 from .signals import after_begin as after_begin
@@ -16,6 +17,7 @@ from .testing import Isolation as Isolation
 __all__ = [
     "Change",
     "Isolation",
+    "Pagination",
     "Resolution",
     "TransactionAbortedError",
     "UnitOfWork",

@@ -21,12 +21,17 @@ from ._config import session_options
 from ._config import session_options_error
 from ._engines import create_engines
 from ._engines import RoutingSession
+from ._helpers import RequestHelpers
 from ._lifecycle import CommitVeto
 from ._lifecycle import default_commit_veto
 from ._lifecycle import install
 from ._lifecycle import RetryClassifier
 from ._lifecycle import State
 from ._lifecycle import Unit
+from ._models import check_flask_sqlalchemy_config
+from ._models import MetadataArgument
+from ._models import ModelMethods
+from ._models import Models
 from ._recovery import install_cli
 from ._recovery import recover
 from ._recovery import Resolution
@@ -58,7 +63,7 @@ def _dispose_engines(engines: cabc.Iterable[sa.Engine]) -> None:
         engine.dispose()
 
 
-class UnitOfWork:
+class UnitOfWork(RequestHelpers, ModelMethods):
     """Make each request of a Flask app one unit of work over a SQLAlchemy
     session.
 
@@ -71,11 +76,21 @@ class UnitOfWork:
     instance never holds an app.
 
     :param app: Call :meth:`init_app` on this app now.
+    :param metadata: The app's models: a declarative base class, a
+        ``MetaData``, or a list of them (for tables on several engines). It
+        gives :attr:`metadata`, :meth:`create_all`, Flask-Migrate support, and
+        the model classes in ``flask shell``.
+
+    .. versionchanged:: 0.2
+        The *metadata* argument.
 
     .. versionadded:: 0.1
     """
 
-    def __init__(self, app: Flask | None = None) -> None:
+    def __init__(
+        self, app: Flask | None = None, *, metadata: MetadataArgument = None
+    ) -> None:
+        self._models = Models(metadata)
         self._states: weakref.WeakKeyDictionary[Flask, State] = (
             weakref.WeakKeyDictionary()
         )
@@ -109,6 +124,7 @@ class UnitOfWork:
                 " ('init_app' was called twice). Call 'init_app' once per app and"
                 " use app.extensions['uow'] to reach the instance."
             )
+        check_flask_sqlalchemy_config(app.config)
         app.config.setdefault("UOW_SESSION_OPTIONS", {})
         app.config.setdefault("UOW_AUTOCOMMIT", True)
         app.config.setdefault("UOW_RETRY_DELAY", 0.05)
@@ -145,7 +161,11 @@ class UnitOfWork:
         install_cli(app)
         self._states[app] = state
         app.extensions["uow"] = self
+        app.shell_context_processor(self._shell_context)
         weakref.finalize(app, _dispose_engines, list(engines.values()))
+
+    def _shell_context(self) -> dict[str, t.Any]:
+        return {"uow": self, **self._models.shell_context()}
 
     def _state(self, app: Flask | None = None) -> tuple[Flask, State]:
         if app is None:

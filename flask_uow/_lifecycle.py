@@ -12,6 +12,7 @@ import sqlalchemy.orm as orm
 from flask import Flask
 from flask import g
 from flask import got_request_exception
+from flask import request_started
 from flask import Response
 from flask.globals import _cv_request
 
@@ -102,15 +103,19 @@ class Unit:
 Store = dict[str, t.Any]
 
 
-def unit_store(app: Flask) -> Store:
-    """Return where *app*'s current unit of work is kept: a dict that lives
-    exactly as long as the unit may.
+#: Set in a request's WSGI environ when its app starts handling it.
+_DISPATCHED = "flask_uow.dispatched"
 
-    While *app* handles a request, that is the request's WSGI environ, so every
-    request gets its own unit even when a test pushed one app context for
-    several requests. Elsewhere (CLI commands, jobs, shell, or a context of
-    *app* pushed inside another app's request) it is the attributes of the
-    application context's ``g``.
+
+def mark_dispatched(sender: Flask, **extra: t.Any) -> None:
+    """Receive ``request_started``: the app is handling the current request."""
+    ctx = _cv_request.get(None)
+    if ctx is not None:
+        ctx.request.environ[_DISPATCHED] = True
+
+
+def request_store(app: Flask) -> Store | None:
+    """The WSGI environ of the request *app* is handling, if there is one.
 
     Flask has no public way to ask which app the current request context belongs
     to, so this reads the private ``_cv_request`` context variable, in this one
@@ -118,8 +123,26 @@ def unit_store(app: Flask) -> Store:
     """
     ctx = _cv_request.get(None)
     if ctx is not None and ctx.app is app:
-        return ctx.request.environ
-    return context_store()
+        environ: Store = ctx.request.environ
+        if environ.get(_DISPATCHED):
+            return environ
+    return None
+
+
+def unit_store(app: Flask) -> Store:
+    """Return where *app*'s current unit of work is kept: a dict that lives
+    exactly as long as the unit may.
+
+    While *app* handles a request (it has started dispatching it), that is the
+    request's WSGI environ, so every request gets its own unit even when a test
+    pushed one app context for several requests. Elsewhere (CLI commands, jobs,
+    shell, a context of *app* pushed inside another app's request, or a request
+    context that is pushed but not handled, as pytest-flask's or
+    ``app.test_request_context()``'s) it is the attributes of the application
+    context's ``g``, so each application context gets its own unit.
+    """
+    store = request_store(app)
+    return context_store() if store is None else store
 
 
 def context_store() -> Store:
@@ -234,7 +257,7 @@ def install(app: Flask, state: State) -> None:
             rollback_quietly(app, session)
             return response
         try:
-            session.commit()
+            commit_keeping_state(session)
         except Exception as e:
             rollback_quietly(app, session)
             # Give the commit error to the app's error handlers, as if the view
@@ -253,7 +276,9 @@ def install(app: Flask, state: State) -> None:
         return original_handle_user_exception(e)
 
     def close_request_unit(exc: BaseException | None) -> None:
-        store = unit_store(app)
+        store = request_store(app)
+        if store is None:  # Not handled: its app context's teardown closes it.
+            return
         unit: Unit | None = store.get(state.key)
         if unit is not None and unit.streaming is None:
             close_unit(app, state, store)
@@ -271,6 +296,7 @@ def install(app: Flask, state: State) -> None:
     # The receiver is held by the (global) signal, so it must not refer to the
     # app: blinker disconnects it when the app is garbage collected.
     got_request_exception.connect(state.note_failure, app, weak=False)
+    request_started.connect(mark_dispatched, app, weak=False)
 
 
 def rollback_quietly(app: Flask, session: orm.Session) -> None:
@@ -281,6 +307,20 @@ def rollback_quietly(app: Flask, session: orm.Session) -> None:
         session.rollback()
     except Exception:
         app.logger.exception("flask_uow: rolling back the session failed.")
+
+
+def commit_keeping_state(session: orm.Session) -> None:
+    """Commit the end of a unit without expiring the session's objects.
+
+    The session is closed next, so reloading them could only fail: objects a
+    request loaded stay readable after it, detached, with their committed
+    values. Commits in the middle of a unit keep ``expire_on_commit``.
+    """
+    expire, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = expire
 
 
 def run_callbacks(app: Flask, unit: Unit) -> None:
