@@ -9,6 +9,7 @@ import typing as t
 import sqlalchemy as sa
 from flask import Flask
 from flask import request
+from flask import request_started
 from flask import Response
 from flask.globals import _cv_request
 
@@ -113,3 +114,29 @@ def test_process_response_sees_the_final_response_of_each_finalization() -> None
     assert client.get("/ok").status_code == 202
     assert client.get("/fail").status_code == 500
     assert seen == [202, 500]
+
+
+def test_request_started_comes_first_in_a_handled_request_only() -> None:
+    """request_started is sent by the handling app, with its request context
+    pushed, before any url_value_preprocessor or before_request function, and
+    not for a request context that is only pushed; flask_uow marks a request
+    as handled there.
+    """
+    app = make_app()
+    seen: list[str] = []
+
+    def started(sender: Flask, **extra: t.Any) -> None:
+        ctx = _cv_request.get(None)
+        seen.append(f"started {sender is app and ctx is not None and ctx.app is app}")
+
+    app.url_value_preprocessor(lambda endpoint, values: seen.append("preprocessor"))
+    app.before_request(lambda: seen.append("before_request"))
+    app.get("/")(lambda: "")
+    request_started.connect(started, app)
+    try:
+        with app.test_request_context():
+            pass
+        app.test_client().get("/")
+    finally:
+        request_started.disconnect(started, app)
+    assert seen == ["started True", "preprocessor", "before_request"]
