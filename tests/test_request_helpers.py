@@ -24,7 +24,7 @@ def add_items(db: Database, count: int) -> None:
         )
 
 
-def by_name() -> sa.Select[tuple[Item]]:
+def by_name() -> sa.Select[t.Any]:
     return sa.select(Item).order_by(Item.name)
 
 
