@@ -41,7 +41,9 @@ class Post(Base):
     id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
     author_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("user.id"))
     author: orm.Mapped[User] = orm.relationship(lazy="joined", back_populates="posts")
-    created: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True), default=now)
+    created: orm.Mapped[datetime] = orm.mapped_column(
+        sa.DateTime(timezone=True), default=now
+    )
     title: orm.Mapped[str] = orm.mapped_column(sa.String(200))
     body: orm.Mapped[str] = orm.mapped_column(sa.Text)
 
