@@ -16,7 +16,9 @@ from flask import Flask
 
 from flask_uow import UnitOfWork
 
-uow = UnitOfWork()
+from .models import Base
+
+uow = UnitOfWork(metadata=Base)
 
 
 def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
@@ -30,11 +32,10 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     uow.init_app(app)
 
     from . import audit
-    from . import models
     from . import views
 
     with app.app_context():  # Tables are created on first start.
-        models.Base.metadata.create_all(uow.engine)
+        uow.create_all()
     app.register_blueprint(views.bp)
     audit.init_app(app)
     app.cli.add_command(seed)

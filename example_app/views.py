@@ -37,8 +37,9 @@ def conflict(e: sa_exc.IntegrityError) -> tuple[dict[str, str], int]:
 
 @bp.get("/")
 def index() -> str:
-    accounts = uow.session.scalars(sa.select(Account).order_by(Account.name)).all()
-    return render_template("index.html", accounts=accounts)
+    """The accounts, 20 to a page (``?page=2``)."""
+    page = uow.paginate(sa.select(Account).order_by(Account.name))
+    return render_template("index.html", page=page)
 
 
 @bp.get("/accounts")
@@ -87,9 +88,7 @@ def _int_field(data: dict[str, t.Any], key: str) -> int:
 
 @bp.get("/accounts/<int:account_id>")
 def account_page(account_id: int) -> str:
-    account = uow.session.get(Account, account_id)
-    if account is None:
-        abort(404, "No such account.")
+    account = uow.get_or_404(Account, account_id, description="No such account.")
     rows = uow.session.execute(
         sa.select(entries)
         .where(entries.c.account_id == account_id)

@@ -116,7 +116,8 @@ def _by_bind_key(sources: list[sa.MetaData]) -> dict[str | None, sa.MetaData]:
     owners: dict[str | None, list[sa.MetaData]] = {}
     tables: dict[str | None, list[sa.Table]] = {}
     for metadata in sources:
-        owners.setdefault(_key(metadata.info.get("bind_key")), []).append(metadata)
+        if not metadata.tables:
+            owners.setdefault(_key(metadata.info.get("bind_key")), []).append(metadata)
         for table in metadata.tables.values():
             key = _key(bind_key_of(table))
             tables.setdefault(key, []).append(table)

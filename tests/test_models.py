@@ -109,14 +109,21 @@ def test_metadata_by_bind_key(models_app: tuple[Flask, UnitOfWork]) -> None:
 
 
 def test_the_same_metadata_is_kept() -> None:
-    """A base class whose tables all go to the default engine gives its own
-    MetaData.
+    """A base class or MetaData whose tables all go to one engine is used as
+    it is, even beside a MetaData whose only table has a bind key.
     """
 
     class Plain(orm.DeclarativeBase):
         pass
 
     assert UnitOfWork(metadata=Plain).metadata is Plain.metadata
+    logs = sa.Table(
+        "logs", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True)
+    )
+    logs.info["bind_key"] = "audit"
+    both = UnitOfWork(metadata=[Plain, logs.metadata])
+    assert both.metadata is Plain.metadata
+    assert both.metadatas["audit"] is logs.metadata
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

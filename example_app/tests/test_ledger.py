@@ -97,8 +97,13 @@ def test_overdraft_is_not_audited(client: FlaskClient, accounts: Accounts) -> No
 
 
 def test_pages_and_bad_input(client: FlaskClient, accounts: Accounts) -> None:
-    """The HTML page lists accounts; bad input gets a 400, unknown accounts 404."""
+    """The HTML page lists accounts a page at a time; bad input gets a 400,
+    unknown accounts and pages 404.
+    """
     assert b"alice" in client.get("/").data
+    assert b"bob" not in client.get("/?per_page=1").data
+    assert b"bob" in client.get("/?page=2&per_page=1").data
+    assert client.get("/?page=2").status_code == 404
     assert client.post("/transfers", data="nope").status_code == 400
     assert client.post("/transfers", json={"from": "1"}).status_code == 400
     assert client.post("/accounts", json={"name": ""}).status_code == 400
@@ -124,7 +129,9 @@ def test_account_page_lists_entries(client: FlaskClient, accounts: Accounts) -> 
     transfer(client, accounts, 250)
     page = client.get(f"/accounts/{accounts['bob']}").get_data(as_text=True)
     assert "Balance: 250 cents" in page and "<td>250</td>" in page
-    assert client.get("/accounts/0").status_code == 404
+    unknown = client.get("/accounts/0")
+    assert unknown.status_code == 404
+    assert b"No such account." in unknown.data
 
 
 def test_seed_command_opens_demo_accounts_once(
