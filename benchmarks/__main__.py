@@ -26,6 +26,7 @@ import warnings
 import sqlalchemy as sa
 
 from . import e2e
+from . import expiry
 from . import guard
 from . import memory
 from . import requests
@@ -169,6 +170,34 @@ def main(argv: list[str] | None = None) -> int:
                     f"two-phase commit: rows {tp.rows}, {tp.prepared_left} prepared"
                     " transactions left"
                 )
+
+            print("Expiry...", file=sys.stderr)
+            expiry_rows = []
+            readable = True
+            for backend, url in urls.items():
+                kept = expiry.run(backend, url, rounds, per_round)
+                if not kept.readable_after:
+                    readable = False
+                    failures.append(f"{backend}: objects expired after the request")
+                expiry_rows.append(
+                    [
+                        backend,
+                        f"{kept.expiring_us:.1f}",
+                        f"{kept.keeping_us:.1f}",
+                        f"{kept.saved_us:.1f} ({kept.saved_us / kept.expiring_us:.1%})",
+                    ]
+                )
+            lines += [
+                "**Expiry**: median microseconds to commit and close a session"
+                f" that read {expiry.OBJECTS} objects, over"
+                f" {rounds} rounds of {per_round}, when the commit expires the"
+                " objects and when it does not (as at the end of a request)."
+                f" Objects loaded in a request were {'' if readable else 'not '}"
+                "readable after it.",
+                "",
+                *table(["backend", "expiring", "not expiring", "saved"], expiry_rows),
+                "",
+            ]
 
             print("Memory...", file=sys.stderr)
             mem = memory.run("SQLite", urls["SQLite"], memory_requests, 10_000)
