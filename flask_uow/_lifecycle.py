@@ -12,6 +12,7 @@ import sqlalchemy.orm as orm
 from flask import Flask
 from flask import g
 from flask import got_request_exception
+from flask import request
 from flask import request_started
 from flask import Response
 from flask.globals import _cv_request
@@ -109,9 +110,7 @@ _DISPATCHED = "flask_uow.dispatched"
 
 def mark_dispatched(sender: Flask, **extra: t.Any) -> None:
     """Receive ``request_started``: the app is handling the current request."""
-    ctx = _cv_request.get(None)
-    if ctx is not None:
-        ctx.request.environ[_DISPATCHED] = True
+    request.environ[_DISPATCHED] = True
 
 
 def request_store(app: Flask) -> Store | None:

@@ -191,3 +191,14 @@ def test_flask_sqlalchemy_config_names_the_key_to_set(
     assert "app.config['UOW_ENGINES'] = {'default':" in message
     assert "s3cret" not in message and "db/app" not in message
     assert "uow" not in app.extensions
+
+
+def test_without_any_database_key_uow_engines_is_asked_for(
+    tmp_path: pathlib.Path,
+) -> None:
+    """An app with neither UOW_ENGINES nor Flask-SQLAlchemy's keys is told to
+    set UOW_ENGINES.
+    """
+    app = Flask("empty", root_path=str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"^'UOW_ENGINES' is not set\. Set it"):
+        UnitOfWork(app)
