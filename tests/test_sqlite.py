@@ -174,7 +174,7 @@ def test_sqlite_begin_argument_overrides_the_default(
     app = make_app(
         UOW_ENGINES=engine_entry(db_url, sqlite_pragmas={"journal_mode": "DELETE"})
     )
-    seen = {}
+    seen: dict[str, t.Any] = {}
     with app.app_context():
         with uow.transaction(sqlite_begin="deferred") as session:
             session.execute(sa.select(Item)).all()
@@ -497,7 +497,7 @@ def test_bad_begin_argument_fails_the_call(uow: UnitOfWork) -> None:
     with pytest.raises(ValueError, match=r"sqlite_begin='later' is not a SQLite"):
         uow.transaction(sqlite_begin="later")
     with pytest.raises(ValueError, match=r"sqlite_begin=1 is not a SQLite begin"):
-        uow.transactional(sqlite_begin=1)  # type: ignore[arg-type]
+        uow.transactional(sqlite_begin=1)  # type: ignore[call-overload]
 
 
 def test_other_databases_ignore_the_sqlite_options(
