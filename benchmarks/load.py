@@ -103,7 +103,7 @@ def _seed(engines: dict[str, t.Any], accounts: int) -> list[int]:
 
 @contextlib.contextmanager
 def serve(
-    config: dict[str, t.Any], workers: int
+    config: dict[str, t.Any], workers: int, env: cabc.Mapping[str, str] | None = None
 ) -> cabc.Iterator[tuple[int, list[str]]]:
     """Serve ``example_app:create_app(config)`` with gunicorn on loopback;
     yield its port, and a list that receives the end of its log once it has
@@ -127,7 +127,7 @@ def serve(
                 f"example_app:create_app({config!r})",
             ],
             cwd=ROOT,
-            env=dict(os.environ, HOME=home.name),
+            env={**os.environ, **(env or {}), "HOME": home.name},
             stdout=log,
             stderr=log,
         )
@@ -186,6 +186,7 @@ def run(
     requests: int = 50,
     accounts: int = 5,
     read_share: float = 0.0,
+    retries: int | None = None,
 ) -> LoadResult:
     """Open *accounts* accounts on *url* (its ledger tables are dropped and
     made again), serve the example app on it with *workers* gunicorn workers,
@@ -194,6 +195,7 @@ def run(
 
     :param options: flask_uow options of the engine entry, such as
         ``sqlite_begin`` (``SQLITE_BEFORE`` for the old behaviour).
+    :param retries: The transfer view's retries, if not the example app's.
     """
     engines = _entry(url, options or {})
     ids = _seed(engines, accounts)
@@ -203,7 +205,8 @@ def run(
         config = {"UOW_ENGINES": engines, "LEDGER_OUTBOX_FILE": str(outbox)}
         statuses: list[int] = []
         committed: list[Transfer] = []
-        with serve(config, workers) as (port, logs):
+        env = {} if retries is None else {"LEDGER_TRANSFER_RETRIES": str(retries)}
+        with serve(config, workers, env) as (port, logs):
             threads = [
                 threading.Thread(
                     target=_client,
@@ -233,10 +236,12 @@ def check(
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
-            balances = dict(
+            balances: dict[int, int] = dict(
                 conn.execute(sa.text("SELECT id, balance FROM accounts")).all()
             )
-            names = dict(conn.execute(sa.text("SELECT id, name FROM accounts")).all())
+            names: dict[int, str] = dict(
+                conn.execute(sa.text("SELECT id, name FROM accounts")).all()
+            )
             entries = sorted(
                 conn.execute(sa.text("SELECT account_id, amount FROM entries")).all()
             )

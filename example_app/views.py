@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import typing as t
 
 import sqlalchemy as sa
@@ -22,6 +23,9 @@ from .models import Account
 from .models import entries
 
 bp = Blueprint("ledger", __name__)
+#: How often a transfer is tried again after a conflict. SERIALIZABLE
+#: transfers on a few busy accounts conflict often on PostgreSQL.
+TRANSFER_RETRIES = int(os.environ.get("LEDGER_TRANSFER_RETRIES", "10"))
 
 
 class Overdraft(Exception):
@@ -125,7 +129,7 @@ def account_page(account_id: int) -> str:
 
 
 @bp.post("/transfers")
-@uow.transactional(retries=10, isolation_level="SERIALIZABLE")
+@uow.transactional(retries=TRANSFER_RETRIES, isolation_level="SERIALIZABLE")
 def transfer() -> tuple[dict[str, t.Any], int]:
     """Move money between two accounts. Concurrent transfers that conflict
     are retried; the notification goes out only once the transfer is saved.
