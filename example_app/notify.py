@@ -1,7 +1,9 @@
 """Notifications about transfers, sent only once a transfer is committed.
 
 A real app would send an email or enqueue a task; the ledger logs the message
-and keeps it in an outbox that its tests can read.
+and keeps it in an outbox that its tests can read. With ``LEDGER_OUTBOX_FILE``
+set, it also appends the message as a line to that file, which every process
+of the app shares (a load test reads it).
 """
 
 from __future__ import annotations
@@ -18,3 +20,9 @@ def send(message: str) -> None:
     """Send one notification."""
     current_app.logger.info("notification: %s", message)
     outbox().append(message)
+    path = current_app.config.get("LEDGER_OUTBOX_FILE")
+    if path:
+        # One write of one line in append mode: lines from several processes
+        # do not interleave.
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(message + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import typing as t
 
 import sqlalchemy as sa
@@ -11,6 +12,9 @@ from flask import abort
 from flask import Blueprint
 from flask import render_template
 from flask import request
+from werkzeug.exceptions import HTTPException
+
+from flask_uow import is_transient_error
 
 from . import notify
 from . import uow
@@ -19,6 +23,9 @@ from .models import Account
 from .models import entries
 
 bp = Blueprint("ledger", __name__)
+#: How often a transfer is tried again after a conflict. SERIALIZABLE
+#: transfers on a few busy accounts conflict often on PostgreSQL.
+TRANSFER_RETRIES = int(os.environ.get("LEDGER_TRANSFER_RETRIES", "10"))
 
 
 class Overdraft(Exception):
@@ -33,6 +40,29 @@ def overdraft(e: Overdraft) -> tuple[dict[str, str], int]:
 @bp.app_errorhandler(sa_exc.IntegrityError)
 def conflict(e: sa_exc.IntegrityError) -> tuple[dict[str, str], int]:
     return {"error": "That conflicts with existing data."}, 409
+
+
+@bp.app_errorhandler(sa_exc.OperationalError)
+def busy(e: sa_exc.OperationalError) -> tuple[dict[str, str], int, dict[str, str]]:
+    """The database stayed busy ("database is locked", a serialization
+    failure) through every retry: the client may try again shortly.
+    """
+    if not is_transient_error(e):
+        raise e  # A real failure: logged, and a 500.
+    body = {"error": "The database is busy. Try again in a moment."}
+    return body, 503, {"Retry-After": "1"}
+
+
+#: The views that answer with HTML; every other error is answered as JSON.
+HTML_VIEWS = {"ledger.index", "ledger.account_page"}
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(e: HTTPException) -> HTTPException | tuple[dict[str, t.Any], int]:
+    """Answer the JSON API's errors (400, 404, 405, 500...) as JSON."""
+    if request.endpoint in HTML_VIEWS:
+        return e
+    return {"error": e.description}, e.code or 500
 
 
 @bp.get("/")
@@ -98,7 +128,7 @@ def account_page(account_id: int) -> str:
 
 
 @bp.post("/transfers")
-@uow.transactional(retries=3, isolation_level="SERIALIZABLE")
+@uow.transactional(retries=TRANSFER_RETRIES, isolation_level="SERIALIZABLE")
 def transfer() -> tuple[dict[str, t.Any], int]:
     """Move money between two accounts. Concurrent transfers that conflict
     are retried; the notification goes out only once the transfer is saved.

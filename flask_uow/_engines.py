@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import os
+import types
 import typing as t
 
 import sqlalchemy as sa
@@ -16,6 +17,9 @@ from ._config import check_url
 from ._config import describe_url
 from ._config import scrub
 from ._config import secrets_of
+from ._sqlite import configure
+from ._sqlite import is_configurable
+from ._sqlite import pop_settings
 
 _URL_HELP = (
     "Write it as 'dialect+driver://user:password@host/dbname', for example"
@@ -81,6 +85,7 @@ def _create_engine(name: str, value: t.Any, instance_path: str) -> sa.Engine:
         # __context__, may repeat part of the password.
         raise ValueError(f"{key} is not a valid database URL. {_URL_HELP}")
     url = check_url(key, raw, url)
+    sqlite = pop_settings(key, options, url)
     check_engine_options(key, url, options)
     url = _sqlite_defaults(url, options, instance_path)
     engine = _engine_or_problem(url, options)
@@ -96,8 +101,8 @@ def _create_engine(name: str, value: t.Any, instance_path: str) -> sa.Engine:
     except ValueError:
         engine.dispose()
         raise
-    if engine.dialect.name == "sqlite" and engine.dialect.driver == "pysqlite":
-        _let_sqlalchemy_begin(engine)
+    if is_configurable(engine):
+        configure(engine, sqlite)
     return engine
 
 
@@ -117,27 +122,6 @@ def _engine_or_problem(url: sa.URL, options: dict[str, t.Any]) -> sa.Engine | st
         return sa.create_engine(url, **options)
     except Exception as e:
         return f"{type(e).__name__}: {e}"
-
-
-def _let_sqlalchemy_begin(engine: sa.Engine) -> None:
-    """Make SQLite transactions begin when SQLAlchemy begins them.
-
-    By default the ``sqlite3`` module emits BEGIN only before a data-changing
-    statement, so reads run outside the transaction, and a SAVEPOINT taken after
-    a read starts the real transaction; releasing it then commits everything.
-    Turning the module's own handling off and emitting BEGIN from SQLAlchemy's
-    ``begin`` event gives SQLite the same transaction boundaries as PostgreSQL.
-    """
-
-    @sa.event.listens_for(engine, "connect")
-    def connect(dbapi_connection: t.Any, record: t.Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @sa.event.listens_for(engine, "begin")
-    def begin(connection: sa.Connection) -> None:
-        # Straight to the driver: through exec_driver_sql, this one statement
-        # cost more than the whole query of a small read request.
-        connection.connection.dbapi_connection.execute("BEGIN")  # type: ignore[union-attr]
 
 
 def _sqlite_defaults(
@@ -204,6 +188,10 @@ class RoutingSession(orm.Session):
     table with a ``bind_key`` to the engine of that name.
     """
 
+    #: For each SQLite engine, the copy of it that begins transactions the way
+    #: the next transaction must begin (see ``_sqlite.BeginBinds``).
+    uow_begin: cabc.Mapping[t.Any, sa.Engine] = types.MappingProxyType({})
+
     def __init__(
         self,
         *,
@@ -230,7 +218,7 @@ class RoutingSession(orm.Session):
             key = None if table is None else bind_key_of(table)
             if key is not None:
                 try:
-                    return self._uow_engines[key]
+                    engine = self._uow_engines[key]
                 except KeyError:
                     raise sa_exc.UnboundExecutionError(
                         f"Table {table.name!r} has bind_key {key!r}, but"  # type: ignore[union-attr]
@@ -238,7 +226,9 @@ class RoutingSession(orm.Session):
                         f" UOW_ENGINES[{key!r}] = '<database URL>' to the config,"
                         " or correct the table's bind_key."
                     ) from None
-        return super().get_bind(mapper, clause=clause, bind=bind, **kwargs)
+                return self.uow_begin.get(engine, engine)
+        chosen = super().get_bind(mapper, clause=clause, bind=bind, **kwargs)
+        return self.uow_begin.get(chosen, chosen)
 
     def commit(self) -> None:
         """Commit, unless a ``uow.transaction()`` block is open.

@@ -36,6 +36,7 @@ from ._recovery import install_cli
 from ._recovery import recover
 from ._recovery import Resolution
 from ._retry import is_transient_error
+from ._sqlite import check_begin_mode
 from ._streaming import install as install_streaming
 from ._transaction import callback_list
 from ._transaction import check_isolation_level
@@ -301,6 +302,7 @@ class UnitOfWork(RequestHelpers, ModelMethods):
         *,
         durable: bool = False,
         isolation_level: str | None = None,
+        sqlite_begin: str | None = None,
         **unsupported: t.Any,
     ) -> t.ContextManager[orm.Session]:
         """A block that runs in a transaction of the current unit of work, and
@@ -340,6 +342,14 @@ class UnitOfWork(RequestHelpers, ModelMethods):
         :param isolation_level: For example ``"SERIALIZABLE"``: the isolation
             level of this transaction only, on the connection of the
             ``"default"`` engine. Only for an outermost transaction.
+        :param sqlite_begin: How the transaction begins on SQLite engines:
+            ``"immediate"`` takes the write lock at once, waiting for it up to
+            the busy timeout, so the transaction cannot fail later when it
+            writes; ``"deferred"`` takes it at the first write, so readers
+            never wait; ``"exclusive"`` also keeps readers out outside WAL
+            mode. By default, each engine's ``sqlite_begin`` from
+            :data:`UOW_ENGINES` (``"immediate"`` unless set). Other databases
+            and nested transactions (savepoints) ignore it.
         :raise RuntimeError: When the block is entered: there is no
             application context, or *durable* or *isolation_level* was given
             to a nested transaction.
@@ -347,12 +357,17 @@ class UnitOfWork(RequestHelpers, ModelMethods):
             already aborted its transaction, or a nested block's savepoint
             could not be rolled back; nothing was committed.
         :raise TypeError: ``retries`` or another unknown argument was given.
-        :raise ValueError: *isolation_level* is not an isolation level.
+        :raise ValueError: *isolation_level* is not an isolation level, or
+            *sqlite_begin* not a begin mode.
+
+        .. versionchanged:: 0.1
+            Added *sqlite_begin*.
         """
         if unsupported:
             raise TypeError(transaction_argument_error(unsupported))
         level = check_isolation_level(isolation_level)
-        return TransactionBlock(self._state, durable, level)
+        begin = check_begin_mode(sqlite_begin)
+        return TransactionBlock(self._state, durable, level, begin)
 
     @t.overload
     def transactional(self, fn: cabc.Callable[P, R], /) -> cabc.Callable[P, R]: ...
@@ -366,6 +381,7 @@ class UnitOfWork(RequestHelpers, ModelMethods):
         retries: int = 0,
         durable: bool = False,
         isolation_level: str | None = None,
+        sqlite_begin: str | None = None,
     ) -> cabc.Callable[[cabc.Callable[P, R]], cabc.Callable[P, R]]: ...
 
     def transactional(
@@ -376,6 +392,7 @@ class UnitOfWork(RequestHelpers, ModelMethods):
         retries: int = 0,
         durable: bool = False,
         isolation_level: str | None = None,
+        sqlite_begin: str | None = None,
     ) -> t.Any:
         """Decorate a function (a view, a blueprint's view, or any function
         called in an app context) so that each call runs in a transaction, as
@@ -404,20 +421,22 @@ class UnitOfWork(RequestHelpers, ModelMethods):
             again: keep side effects for :meth:`on_commit`.
         :param durable: See :meth:`transaction`.
         :param isolation_level: See :meth:`transaction`.
+        :param sqlite_begin: See :meth:`transaction`.
         :raise TypeError: *fn* is not callable or is a generator function, or
             *retries* is not an int.
-        :raise ValueError: *retries* is negative, or *isolation_level* is not an
-            isolation level.
+        :raise ValueError: *retries* is negative, *isolation_level* is not an
+            isolation level, or *sqlite_begin* not a begin mode.
         :raise RuntimeError: When called: there is no application context, or
             *durable* or *isolation_level* was given to a nested transaction.
         """
         retries = check_retries(retries)
         level = check_isolation_level(isolation_level)
+        begin = check_begin_mode(sqlite_begin)
 
         def decorate(fn: cabc.Callable[P, R]) -> cabc.Callable[P, R]:
             def retrier() -> Retrier:
                 app, state = self._state()
-                return Retrier(app, state, retries, durable, level)
+                return Retrier(app, state, retries, durable, level, begin)
 
             return run_in_transactions(fn, retrier)
 

@@ -22,6 +22,7 @@ from ._bridge import has_receivers
 from ._bridge import listen
 from ._bridge import send_quietly
 from ._changes import ChangeSet
+from ._sqlite import begin_binds
 
 if t.TYPE_CHECKING:
     from ._transaction import Frame
@@ -167,6 +168,8 @@ class State:
         self.max_delay: float = config["UOW_RETRY_MAX_DELAY"]
         self.get_veto = get_veto
         self.get_classifier = get_classifier
+        #: How this app's SQLite transactions begin; None without SQLite.
+        self.begin_binds = begin_binds(engines.values())
         #: The active test isolation, see :class:`flask_uow.testing.Isolation`.
         self.isolation: Isolation | None = None
         #: The name of this app's unit in a store (see :func:`unit_store`).
@@ -189,6 +192,8 @@ class State:
         if session is None:
             if self.isolation is None:
                 session = self.factory(uow_unit=unit)
+                if self.begin_binds is not None:
+                    session.uow_begin = self.begin_binds.for_unit(self.key, unit)  # type: ignore[attr-defined]
             else:
                 connections = self.isolation.connections
                 session = self.factory(

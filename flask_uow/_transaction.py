@@ -87,8 +87,8 @@ def transaction_argument_error(unsupported: cabc.Mapping[str, t.Any]) -> str:
         )
     names = ", ".join(repr(name) for name in unsupported)
     return (
-        f"'transaction()' got unexpected arguments {names}. It takes 'durable'"
-        " and 'isolation_level'."
+        f"'transaction()' got unexpected arguments {names}. It takes 'durable',"
+        " 'isolation_level' and 'sqlite_begin'."
     )
 
 
@@ -109,6 +109,7 @@ class Frame:
         "rollback_only",
         "committing",
         "doomed",
+        "outer_begin",
     )
 
     def __init__(
@@ -135,6 +136,9 @@ class Frame:
         #: Why this transaction must not commit: a savepoint inside it could
         #: not be rolled back.
         self.doomed: BaseException | None = None
+        #: How the session began transactions on SQLite before this outermost
+        #: transaction; put back when it ends.
+        self.outer_begin: t.Any = None
 
 
 def callback_list(unit: Unit) -> list[cabc.Callable[[], object]]:
@@ -159,10 +163,12 @@ class TransactionBlock:
         find_state: cabc.Callable[[], tuple[Flask, State]],
         durable: bool,
         isolation_level: str | None,
+        sqlite_begin: str | None = None,
     ) -> None:
         self.find_state = find_state
         self.durable = durable
         self.isolation_level = isolation_level
+        self.sqlite_begin = sqlite_begin
 
     def __enter__(self) -> orm.Session:
         return self.begin().session
@@ -206,13 +212,21 @@ class TransactionBlock:
             frame = Frame(self, app, unit, session, session.begin_nested())
         else:
             self._end_prior_work(unit, session)
+            frame = Frame(self, app, unit, session, None)
+            binds = state.begin_binds
+            if binds is not None:
+                frame.outer_begin = session.uow_begin  # type: ignore[attr-defined]
+                session.uow_begin = binds.for_transaction(self.sqlite_begin)  # type: ignore[attr-defined]
             # Under test isolation all work shares one outer transaction,
             # whose isolation level was fixed when it began.
             if self.isolation_level is not None and state.isolation is None:
-                session.connection(
-                    execution_options={"isolation_level": self.isolation_level}
-                )
-            frame = Frame(self, app, unit, session, None)
+                try:
+                    session.connection(
+                        execution_options={"isolation_level": self.isolation_level}
+                    )
+                except BaseException:
+                    _restore_begin(frame)
+                    raise
         unit.frames.append(frame)
         return frame
 
@@ -238,18 +252,22 @@ class TransactionBlock:
         keep = exc is None and not frame.rollback_only
         if frame.savepoint is not None:
             self._end_savepoint(frame, frame.savepoint, keep)
-        elif not keep:
-            if exc is None:
-                frame.session.rollback()
-            else:
+            return
+        try:
+            if not keep:
+                if exc is None:
+                    frame.session.rollback()
+                else:
+                    rollback_quietly(frame.app, frame.session)
+            elif frame.doomed is not None:
                 rollback_quietly(frame.app, frame.session)
-        elif frame.doomed is not None:
-            rollback_quietly(frame.app, frame.session)
-            raise savepoint_failed(
-                connection_lost=lost_connection(frame.doomed)
-            ) from frame.doomed
-        else:
-            self._commit(frame)
+                raise savepoint_failed(
+                    connection_lost=lost_connection(frame.doomed)
+                ) from frame.doomed
+            else:
+                self._commit(frame)
+        finally:
+            _restore_begin(frame)
 
     def _end_savepoint(
         self, frame: Frame, savepoint: orm.SessionTransaction, keep: bool
@@ -309,6 +327,12 @@ class TransactionBlock:
         run_callbacks(frame.app, frame.unit)
 
 
+def _restore_begin(frame: Frame) -> None:
+    """The outermost transaction has ended: later ones begin as the unit's."""
+    if frame.outer_begin is not None:
+        frame.session.uow_begin = frame.outer_begin  # type: ignore[attr-defined]
+
+
 class Retrier:
     """Runs a function in a transaction, again after transient errors."""
 
@@ -319,29 +343,51 @@ class Retrier:
         retries: int,
         durable: bool,
         isolation_level: str | None,
+        sqlite_begin: str | None = None,
     ) -> None:
         self.app = app
         self.state = state
         self.retries = retries
         self.attempt = 0
-        self.block = TransactionBlock(lambda: (app, state), durable, isolation_level)
+        self.block = TransactionBlock(
+            lambda: (app, state), durable, isolation_level, sqlite_begin
+        )
 
-    def next_delay(self, frame: Frame, exc: Exception) -> float:
-        """Seconds to wait before the next try, or re-raise *exc*."""
+    def begin(self) -> Frame | Exception:
+        """Begin a try; an outermost transaction that fails to begin (a
+        locked SQLite database, say) is returned as its error, to retry.
+        """
+        outermost = not self.state.unit(self.app).frames
+        try:
+            return self.block.begin()
+        except Exception as e:
+            if not outermost:
+                raise
+            return e
+
+    def next_delay(self, frame: Frame | None, exc: Exception) -> float:
+        """Seconds to wait before the next try, or re-raise *exc*. *frame* is
+        None when an outermost transaction failed to begin.
+        """
         if (
             self.attempt >= self.retries
-            or frame.savepoint is not None
-            or (frame.committing and is_disconnect(exc))
+            or (frame is not None and frame.savepoint is not None)
+            or (frame is not None and frame.committing and is_disconnect(exc))
             or not self.state.get_classifier()(exc)
         ):
             raise exc
         self.attempt += 1
-        self.state.before_retry(self.app, frame.session, exc, self.attempt)
+        session = self.state.session(self.app) if frame is None else frame.session
+        self.state.before_retry(self.app, session, exc, self.attempt)
         return backoff(self.attempt, self.state.retry_delay, self.state.max_delay)
 
     def call(self, fn: cabc.Callable[..., R], args: t.Any, kwargs: t.Any) -> R:
         while True:
-            frame = self.block.begin()
+            frame = self.begin()
+            if isinstance(frame, Exception):
+                delay = self.next_delay(None, frame)
+                time.sleep(delay)
+                continue
             try:
                 try:
                     result = fn(*args, **kwargs)
@@ -361,7 +407,11 @@ class Retrier:
         kwargs: t.Any,
     ) -> R:
         while True:
-            frame = self.block.begin()
+            frame = self.begin()
+            if isinstance(frame, Exception):
+                delay = self.next_delay(None, frame)
+                await asyncio.sleep(delay)
+                continue
             try:
                 try:
                     result = await fn(*args, **kwargs)

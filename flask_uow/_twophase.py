@@ -92,7 +92,21 @@ def connections_by_name(
     """
     unit = getattr(session, "uow_unit", None)
     connections: list[sa.Connection] = getattr(unit, "connections", [])
-    return {names[conn.engine]: conn for conn in connections if conn.engine in names}
+    named = ((name_of(names, conn.engine), conn) for conn in connections)
+    return {name: conn for name, conn in named if name is not None}
+
+
+def name_of(names: cabc.Mapping[sa.Engine, str], engine: sa.Engine) -> str | None:
+    """The name of *engine*, or of the engine it is a copy of: on SQLite the
+    session uses copies made with ``execution_options()`` (see ``_sqlite``),
+    which share the engine's pool.
+    """
+    name = names.get(engine)
+    if name is None:
+        for known, known_name in names.items():
+            if known.pool is engine.pool:
+                return known_name
+    return name
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -295,7 +309,7 @@ class PartialCommitLog:
     def on_connection_commit(self, connection: sa.Connection) -> None:
         attempts = self.attempts.get(connection)
         if attempts is not None:
-            attempts.append(self.names[connection.engine])
+            attempts.append(name_of(self.names, connection.engine) or "?")
 
     def before_commit(self, session: orm.Session) -> None:
         if session.in_nested_transaction():

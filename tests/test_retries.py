@@ -186,12 +186,15 @@ def test_transient_error_is_retried_after_prior_work(
     """
     app = locking_app(make_app, db_url)
     attempts: list[int] = []
+    with app.app_context():  # The first connection switches the file to WAL.
+        uow.session.execute(sa.select(1))
 
     @app.before_request
     def load_user() -> None:
         uow.session.execute(sa.select(Item)).all()
 
-    @app.post("/")
+    # A GET request's unit begins deferred: its hook reads despite the lock.
+    @app.get("/")
     @uow.transactional(retries=2)
     def view() -> str:
         attempts.append(len(attempts) + 1)
@@ -206,7 +209,7 @@ def test_transient_error_is_retried_after_prior_work(
             return is_transient_error(exc)
 
         with caplog.at_level(logging.INFO):
-            assert app.test_client().post("/").status_code == 200
+            assert app.test_client().get("/").status_code == 200
     assert attempts == [1, 2]
     assert db.names() == ["attempt2"]
     assert "retrying a transaction (retry 1) after OperationalError" in caplog.text

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pathlib
+import sqlite3
 import typing as t
 
 from flask import Flask
 from flask.testing import FlaskClient
 
+from example_app import create_app
+from example_app import uow
 from flask_uow import Isolation
 
 Accounts = dict[str, int]
@@ -144,3 +148,62 @@ def test_seed_command_opens_demo_accounts_once(
     )
     assert runner.invoke(args=["seed"]).output == "Opened 0 account(s).\n"
     assert balances(client)["carol"] == 500
+
+
+def test_api_errors_are_json(client: FlaskClient, accounts: Accounts) -> None:
+    """Every error of the JSON API is a JSON object with an 'error'; the HTML
+    pages keep HTML error pages.
+    """
+    responses = [
+        client.post("/transfers", data="nope"),
+        client.post(
+            "/transfers", json={"from": accounts["alice"], "to": -1, "amount": 1}
+        ),
+        client.get("/transfers"),
+        client.get("/no/such/thing"),
+    ]
+    assert [(r.status_code, r.is_json) for r in responses] == [
+        (400, True),
+        (404, True),
+        (405, True),
+        (404, True),
+    ]
+    assert responses[0].json == {"error": "Send a JSON object."}
+    page = client.get("/accounts/0")
+    assert (page.status_code, page.mimetype) == (404, "text/html")
+
+
+def test_busy_database_is_503_with_retry_after(tmp_path: pathlib.Path) -> None:
+    """When SQLite stays locked through every retry, a transfer answers 503
+    with Retry-After, as JSON, and moves no money.
+    """
+    path = tmp_path / "busy.db"
+    busy_app = create_app(
+        {
+            "UOW_ENGINES": {
+                "default": {
+                    "url": f"sqlite:///{path}",
+                    "sqlite_pragmas": {"busy_timeout": 0},
+                }
+            },
+            "UOW_RETRY_DELAY": 0,
+        }
+    )
+    client = busy_app.test_client()
+    ids = [
+        client.post("/accounts", json={"name": name, "balance": 100}).json["id"]  # type: ignore[index]
+        for name in ("dora", "emil")
+    ]
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        body = {"from": ids[0], "to": ids[1], "amount": 10}
+        response = client.post("/transfers", json=body)
+    finally:
+        lock.close()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json == {"error": "The database is busy. Try again in a moment."}
+    assert balances(client) == {"dora": 100, "emil": 100}
+    assert client.get("/notifications").json == {"notifications": []}
+    uow.dispose_engines(busy_app)

@@ -1,0 +1,221 @@
+"""SQLite that holds up under concurrent writes: how each transaction begins,
+and the pragmas a file database gets when a connection opens.
+
+A transaction that begins with a plain (deferred) ``BEGIN``, reads, and then
+writes must upgrade its read lock to the write lock; when another connection
+writes at the same time, SQLite cannot let it wait without risking a deadlock,
+so it fails at once with "database is locked", whatever the busy timeout.
+``BEGIN IMMEDIATE`` takes the write lock when the transaction begins, waiting
+for it up to the busy timeout, and cannot deadlock later.
+
+Each SQLite engine gets listeners that emit the ``BEGIN`` statement and set the
+pragmas. Which ``BEGIN`` a transaction gets travels as an execution option of
+the connection: the session of a unit of work is given, for each SQLite
+engine, a copy of the engine with that option (an "option engine", sharing
+the pool) before its transaction begins.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import types
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from flask import has_request_context
+from flask import request
+
+#: The begin modes a transaction may ask for, as SQLite names them.
+BEGIN_MODES = ("deferred", "immediate", "exclusive")
+#: HTTP methods that do not change anything (RFC 9110): their units only read.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: The connection execution option that carries the begin choice: ``"write"``
+#: (the engine's mode for write transactions), or a mode of ``BEGIN_MODES``.
+_OPTION = "flask_uow_sqlite_begin"
+_STATEMENTS = {
+    "deferred": "BEGIN",
+    "immediate": "BEGIN IMMEDIATE",
+    "exclusive": "BEGIN EXCLUSIVE",
+}
+#: The pragmas an engine entry may set, and the values each accepts.
+_CHOICES = {
+    "journal_mode": ("DELETE", "TRUNCATE", "PERSIST", "MEMORY", "WAL", "OFF"),
+    "synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
+}
+PRAGMAS = ("busy_timeout", "journal_mode", "synchronous", "foreign_keys")
+_EMPTY: cabc.Mapping[t.Any, t.Any] = types.MappingProxyType({})
+
+
+def check_begin_mode(value: t.Any, name: str = "sqlite_begin") -> str | None:
+    """Validate and normalize a begin mode: ``None`` or one of
+    :data:`BEGIN_MODES`, in any case.
+    """
+    if value is None:
+        return None
+    mode = value.lower() if isinstance(value, str) else None
+    if mode not in BEGIN_MODES:
+        raise ValueError(
+            f"{name}={value!r} is not a SQLite begin mode. Use 'deferred',"
+            " 'immediate' or 'exclusive', or None for the engine's default."
+        )
+    return mode
+
+
+class Settings(t.NamedTuple):
+    """The flask_uow options of one ``UOW_ENGINES`` entry."""
+
+    #: How a transaction that is going to write begins.
+    begin: str
+    #: The pragmas to set as ``(name, SQL value)``, in order.
+    pragmas: list[tuple[str, str]]
+
+
+def pop_settings(key: str, options: dict[str, t.Any], url: sa.URL) -> Settings:
+    """Take ``sqlite_begin`` and ``sqlite_pragmas`` out of the ``create_engine``
+    arguments of the entry *key* and check them; other backends ignore them.
+    """
+    begin = check_begin_mode(
+        options.pop("sqlite_begin", "immediate"), f"{key}['sqlite_begin']"
+    )
+    given = options.pop("sqlite_pragmas", {})
+    if not isinstance(given, cabc.Mapping):
+        raise TypeError(
+            f"{key}['sqlite_pragmas'] must be a dict that maps pragma names to"
+            f" values, not {type(given).__name__!r}. For example"
+            " {'busy_timeout': 10000}."
+        )
+    unknown = [name for name in given if name not in PRAGMAS]
+    if unknown:
+        raise ValueError(
+            f"{key}['sqlite_pragmas'] has the unknown pragma {unknown[0]!r}. Use"
+            f" {', '.join(repr(p) for p in PRAGMAS)}; set other pragmas in a"
+            " 'connect' event listener on the engine."
+        )
+    database = url.database
+    in_memory = (
+        not database or database == ":memory:" or url.query.get("mode") == "memory"
+    )
+    wanted: dict[str, t.Any] = {"busy_timeout": None, "foreign_keys": True}
+    if not in_memory:  # An in-memory database has no journal to configure.
+        wanted["journal_mode"] = "WAL"
+        if str(given.get("journal_mode", "WAL")).upper() == "WAL":
+            wanted["synchronous"] = "NORMAL"  # Durable enough under WAL.
+    wanted.update(given)
+    pragmas = []
+    for name in PRAGMAS:
+        value = wanted.get(name)
+        if value is not None:
+            pragmas.append((name, _pragma_value(key, name, value)))
+    return Settings(begin or "immediate", pragmas)
+
+
+def _pragma_value(key: str, name: str, value: t.Any) -> str:
+    where = f"{key}['sqlite_pragmas'][{name!r}]"
+    if name == "busy_timeout":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(
+                f"{where} is {value!r}, not a number of milliseconds. Use an int,"
+                " 0 or more, for example 5000, or None for the driver's timeout."
+            )
+        return str(value)
+    if name == "foreign_keys":
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"{where} is {value!r}. Use True or False, or None to leave"
+                " SQLite's default."
+            )
+        return "ON" if value else "OFF"
+    choices = _CHOICES[name]
+    if not isinstance(value, str) or value.upper() not in choices:
+        raise ValueError(
+            f"{where} is {value!r}, which SQLite does not accept. Use one of"
+            f" {', '.join(repr(c) for c in choices)}, or None to leave SQLite's"
+            " default."
+        )
+    return value.upper()
+
+
+def is_configurable(engine: sa.Engine) -> bool:
+    """Whether flask_uow emits BEGIN and pragmas for *engine*: SQLite on the
+    standard ``sqlite3`` driver.
+    """
+    return engine.dialect.name == "sqlite" and engine.dialect.driver == "pysqlite"
+
+
+def configure(engine: sa.Engine, settings: Settings) -> None:
+    """Make SQLite transactions begin when SQLAlchemy begins them, in the
+    mode the connection asks for, and set the pragmas on each new connection.
+
+    By default the ``sqlite3`` module emits BEGIN only before a data-changing
+    statement, so reads run outside the transaction, and a SAVEPOINT taken after
+    a read starts the real transaction; releasing it then commits everything.
+    Turning the module's own handling off and emitting BEGIN from SQLAlchemy's
+    ``begin`` event gives SQLite the same transaction boundaries as PostgreSQL.
+    """
+    statements: dict[str | None, str] = {None: "BEGIN"}
+    statements.update(_STATEMENTS, write=_STATEMENTS[settings.begin])
+    pragmas = [f"PRAGMA {name} = {value}" for name, value in settings.pragmas]
+
+    @sa.event.listens_for(engine, "connect")
+    def connect(dbapi_connection: t.Any, record: t.Any) -> None:
+        dbapi_connection.isolation_level = None
+        for pragma in pragmas:
+            dbapi_connection.execute(pragma).close()
+
+    dialect = engine.dialect
+    dbapi_error = dialect.loaded_dbapi.Error
+
+    @sa.event.listens_for(engine, "begin")
+    def begin(connection: sa.Connection) -> None:
+        statement = statements[connection.get_execution_options().get(_OPTION)]
+        # Straight to the driver: through exec_driver_sql, this one statement
+        # cost more than the whole query of a small read request. Its errors
+        # ("database is locked") are wrapped as SQLAlchemy would wrap them.
+        try:
+            connection.connection.dbapi_connection.execute(statement)  # type: ignore[union-attr]
+        except dbapi_error as e:
+            raise sa_exc.DBAPIError.instance(
+                statement, None, e, dbapi_error, dialect=dialect
+            ) from e
+
+
+class BeginBinds:
+    """For one app's SQLite engines, the engine a session uses for each way a
+    transaction may begin; a session holds one such mapping at a time (see
+    ``RoutingSession.uow_begin``). Deferred is the engine itself.
+    """
+
+    def __init__(self, engines: cabc.Iterable[sa.Engine]) -> None:
+        self.variants: dict[str, cabc.Mapping[sa.Engine, sa.Engine]] = {
+            choice: types.MappingProxyType(
+                {e: e.execution_options(**{_OPTION: choice}) for e in engines}
+            )
+            for choice in ("write", "immediate", "exclusive")
+        }
+        self.variants["deferred"] = _EMPTY
+
+    def for_unit(self, key: str, unit: object) -> cabc.Mapping[sa.Engine, sa.Engine]:
+        """The engines of a new unit of work: write transactions for the unit of
+        a request whose method is not safe, deferred ones for the others (safe
+        requests, CLI commands, jobs), which may only read.
+        """
+        if (
+            has_request_context()
+            and request.method not in SAFE_METHODS
+            and request.environ.get(key) is unit
+        ):
+            return self.variants["write"]
+        return _EMPTY
+
+    def for_transaction(self, mode: str | None) -> cabc.Mapping[sa.Engine, sa.Engine]:
+        """The engines of a declared transaction: *mode*, or by default each
+        engine's mode for write transactions.
+        """
+        return self.variants["write" if mode is None else mode]
+
+
+def begin_binds(engines: cabc.Iterable[sa.Engine]) -> BeginBinds | None:
+    """The :class:`BeginBinds` of an app's engines; ``None`` without SQLite."""
+    sqlite = [engine for engine in engines if is_configurable(engine)]
+    return BeginBinds(sqlite) if sqlite else None
