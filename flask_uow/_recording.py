@@ -56,7 +56,9 @@ class Insight:
     """Query insight for every app of one :class:`~flask_uow.UnitOfWork`."""
 
     def __init__(self) -> None:
-        self.recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+        self.recorders: weakref.WeakKeyDictionary[Flask, Recorder] = (
+            weakref.WeakKeyDictionary()
+        )
         #: The record lists of the active query-count assertions.
         self.captures: list[list[QueryRecord]] = []
 
@@ -66,7 +68,7 @@ class Insight:
         end-of-request commit.
         """
         recorder = Recorder(self, app, state, settings)
-        self.recorders.add(recorder)
+        self.recorders[app] = recorder
         if recorder.settings.server_timing:
             app.after_request(recorder.add_server_timing)
 
@@ -101,7 +103,7 @@ class Insight:
             raise AssertionError(_count_message(records, n, exact))
 
     def refresh(self) -> None:
-        for recorder in list(self.recorders):
+        for recorder in list(self.recorders.values()):
             recorder.refresh()
 
 
@@ -246,16 +248,11 @@ class Recorder:
         )
         if self.settings.n_plus_one == "raise":
             raise NPlusOneWarning(message)
-        if frame is None:
-            warnings.warn(message, NPlusOneWarning, stacklevel=2)
-        else:
-            warnings.warn_explicit(
-                message,
-                NPlusOneWarning,
-                frame.f_code.co_filename,
-                frame.f_lineno,
-                module=frame.f_globals.get("__name__"),
-            )
+        filename, lineno, module = "<unknown>", 0, None
+        if frame is not None:  # Shown at the call site, not at flask_uow's.
+            filename, lineno = frame.f_code.co_filename, frame.f_lineno
+            module = frame.f_globals.get("__name__")
+        warnings.warn_explicit(message, NPlusOneWarning, filename, lineno, module)
 
     def log_slow(self, record: QueryRecord) -> None:
         message = "flask_uow: a statement took %.1f ms (%s), at %s: %s"
