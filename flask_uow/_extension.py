@@ -201,7 +201,7 @@ class UnitOfWork:
 
         :raise RuntimeError: There is no application context.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         app, state = self._state()
         return self._insight.recorded(app, state)
@@ -224,7 +224,7 @@ class UnitOfWork:
         :raise AssertionError: When the block ends, more statements ran; the
             message lists them, numbered, with their call sites.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return self._insight.expect(n, exact=False)
 
@@ -232,7 +232,7 @@ class UnitOfWork:
         """Like :meth:`assert_max_queries`, but exactly *n* statements must
         run in the block.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return self._insight.expect(n, exact=True)
 

@@ -33,7 +33,7 @@ class NPlusOneWarning(UserWarning):
 
         warnings.filterwarnings("ignore", category=flask_uow.NPlusOneWarning)
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
 
@@ -44,7 +44,7 @@ class QueryRecord:
     :meth:`~flask_uow.UnitOfWork.assert_max_queries`. The first six fields
     are those of Flask-SQLAlchemy's recorded queries.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     #: The SQL sent to the database, with parameter placeholders.
@@ -204,7 +204,7 @@ def get_recorded_queries() -> list[QueryRecord]:
     :raise RuntimeError: There is no application context, or the app is not
         set up with flask_uow.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
     if not has_app_context():
         raise RuntimeError(
