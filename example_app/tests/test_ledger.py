@@ -137,3 +137,14 @@ def test_seed_command_opens_demo_accounts_once(
     )
     assert runner.invoke(args=["seed"]).output == "Opened 0 account(s).\n"
     assert balances(client)["carol"] == 500
+
+
+def test_account_page_runs_two_statements(
+    client: FlaskClient,
+    accounts: Accounts,
+    uow_assert_num_queries: t.Callable[[int], t.ContextManager[t.Any]],
+) -> None:
+    """The account page reads the account and its entries, nothing more."""
+    transfer(client, accounts, 100)
+    with uow_assert_num_queries(2):
+        assert client.get(f"/accounts/{accounts['bob']}").status_code == 200
