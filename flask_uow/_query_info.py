@@ -22,7 +22,8 @@ _MODES = ("warn", "raise", "off")
 _LIBRARIES = frozenset(
     {"flask_uow", "sqlalchemy", "flask", "werkzeug", "blinker", "asgiref"}
 )
-_skipped_modules: dict[str, bool] = {}
+#: Whether the code of each file is library code, by file name.
+_skipped_files: dict[str, bool] = {}
 
 
 class NPlusOneWarning(UserWarning):
@@ -37,7 +38,7 @@ class NPlusOneWarning(UserWarning):
     """
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class QueryRecord:
     """A statement a unit of work ran, as recorded with
     ``UOW_RECORD_QUERIES`` or counted by
@@ -148,22 +149,27 @@ def read_settings(app: Flask) -> Settings:
     )
 
 
-def _skipped(frame: types.FrameType) -> bool:
+def _is_library(frame: types.FrameType) -> bool:
     name: str = frame.f_globals.get("__name__", "")
-    skipped = _skipped_modules.get(name)
-    if skipped is None:
-        top = name.partition(".")[0]
-        skipped = top in _LIBRARIES or top in sys.stdlib_module_names
-        _skipped_modules[name] = skipped
-    return skipped
+    top = name.partition(".")[0]
+    return top in _LIBRARIES or top in sys.stdlib_module_names
 
 
 def call_site() -> types.FrameType | None:
-    """The innermost frame of the code that ran the statement."""
+    """The innermost frame of the code that ran the statement. Asked for
+    every recorded statement, so the answer for each file is kept.
+    """
     frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None and _skipped(frame):
+    skipped = _skipped_files
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        skip = skipped.get(filename)
+        if skip is None:
+            skip = skipped[filename] = _is_library(frame)
+        if not skip:
+            return frame
         frame = frame.f_back
-    return frame
+    return None
 
 
 def describe(frame: types.FrameType | None) -> str:

@@ -109,7 +109,8 @@ class Insight:
 
 def _count_message(records: list[QueryRecord], n: int, exact: bool) -> str:
     expected = f"exactly {n}" if exact else f"at most {n}"
-    lines = [f"{len(records)} statements ran, {expected} expected:"]
+    ran = "1 statement" if len(records) == 1 else f"{len(records)} statements"
+    lines = [f"{ran} ran, {expected} expected:"]
     for i, record in enumerate(records, 1):
         sql = " ".join(record.statement.split())
         lines.append(f"{i}. {sql}\n   at {record.location} [{record.engine}]")
@@ -119,7 +120,9 @@ def _count_message(records: list[QueryRecord], n: int, exact: bool) -> str:
 class Recorder:
     """The engine listeners of one app."""
 
-    def __init__(self, insight: Insight, app: Flask, state: State, settings: Settings):
+    def __init__(
+        self, insight: Insight, app: Flask, state: State, settings: Settings
+    ) -> None:
         self.insight = insight
         # The listeners are held by the engines, which live as long as the
         # app: they must not hold the app itself.
@@ -127,8 +130,10 @@ class Recorder:
         self.logger = app.logger
         self.state = state
         self.settings = settings
-        self.per_unit = settings.record or settings.n_plus_one != "off"
-        self.per_unit = self.per_unit or settings.server_timing
+        #: Whether statements are attributed to units of work.
+        self.per_unit = (
+            settings.record or settings.n_plus_one != "off" or settings.server_timing
+        )
         self.listeners: list[tuple[sa.Engine, str, t.Any]] = []
         self.refresh()
 

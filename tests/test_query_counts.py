@@ -77,7 +77,7 @@ def test_failure_lists_the_statements(make_app: AppFactory, uow: UnitOfWork) -> 
     )
     assert "(items) [default]" in message
     assert "\n3. SELECT" in message
-    with pytest.raises(AssertionError, match="1 statements ran, exactly 2 expected"):
+    with pytest.raises(AssertionError, match="1 statement ran, exactly 2 expected"):
         with uow.assert_num_queries(2):
             client.get("/items")
 
