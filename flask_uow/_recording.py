@@ -34,7 +34,8 @@ from ._query_info import where
 
 #: Transaction control: neither recorded nor counted.
 _CONTROL = re.compile(
-    r"\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|END|START\s+TRANSACTION)\b",
+    r"\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|END"
+    r"|(START|SET|PREPARE)\s+TRANSACTION)\b",
     re.IGNORECASE,
 )
 

@@ -302,3 +302,24 @@ class TestFixturesInProcess:
             with uow_assert_max_queries(1):
                 client.get("/items")
                 client.get("/items")
+
+
+def test_transaction_control_sent_by_hand_is_not_counted(
+    make_app: AppFactory, uow: UnitOfWork, backend: str
+) -> None:
+    """Transaction control is not counted even when the app sends it as SQL:
+    SET TRANSACTION on PostgreSQL, SAVEPOINT and RELEASE on SQLite.
+    """
+    app = make_app()
+    control = {
+        "postgresql": ["SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"],
+        "sqlite": ["SAVEPOINT by_hand", "RELEASE SAVEPOINT by_hand"],
+    }[backend]
+    with app.app_context():
+        engine = uow.engine
+    with uow.assert_num_queries(1) as records, engine.begin() as conn:
+        conn.exec_driver_sql(control[0])
+        assert conn.execute(sa.select(sa.literal(7))).scalar() == 7
+        for statement in control[1:]:
+            conn.exec_driver_sql(statement)
+    assert records[0].statement.startswith("SELECT")
