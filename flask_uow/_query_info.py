@@ -20,7 +20,7 @@ _MODES = ("warn", "raise", "off")
 
 #: Top-level modules whose frames are not a statement's call site.
 _LIBRARIES = frozenset(
-    {"flask_uow", "sqlalchemy", "flask", "werkzeug", "blinker", "asgiref"}
+    {"flask_uow", "sqlalchemy", "flask", "werkzeug", "blinker", "asgiref", "jinja2"}
 )
 #: Whether the code of each file is library code, by file name.
 _skipped_files: dict[str, bool] = {}
@@ -58,7 +58,7 @@ class QueryRecord:
     #: When the driver returned, from :func:`time.perf_counter`.
     end_time: float
     #: ``"path/to/file.py:12 (function)"``: the innermost frame outside
-    #: flask_uow, SQLAlchemy, Flask, Werkzeug, blinker, asgiref and the
+    #: flask_uow, SQLAlchemy, Flask, Werkzeug, Jinja, blinker, asgiref and the
     #: standard library, or ``"<unknown>"``.
     location: str
     #: The name of the engine in ``UOW_ENGINES``.

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask import Flask
+from flask import render_template_string
 from flask import stream_with_context
 
 import flask_uow
@@ -88,6 +89,26 @@ def test_records_each_statement_of_the_request(
         assert record.end_time >= record.start_time
         assert record.duration == record.end_time - record.start_time
         assert re.fullmatch(rf".*{HERE}:\d+ \(add\)", record.location)
+
+
+def test_location_of_a_lazy_load_in_a_template(
+    make_app: AppFactory, uow: UnitOfWork
+) -> None:
+    """A lazy load run by a template is located in the template, not in
+    Jinja's code.
+    """
+    app = make_app()
+    add_parents(app, uow, 1)
+
+    @app.get("/")
+    def index() -> str:
+        parent = uow.session.scalars(sa.select(Parent)).one()
+        return render_template_string("{{ parent.children | length }}", parent=parent)
+
+    with uow.assert_num_queries(2) as records:
+        assert app.test_client().get("/").text == "2"
+    assert re.fullmatch(rf".*{HERE}:\d+ \(index\)", records[0].location)
+    assert records[1].location.startswith("<template>:")
 
 
 def test_each_unit_has_its_own_records(
