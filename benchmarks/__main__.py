@@ -30,6 +30,7 @@ from . import expiry
 from . import guard
 from . import load
 from . import memory
+from . import recording
 from . import requests
 from . import twophase
 from .apps import VARIANTS
@@ -247,17 +248,50 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
 
-            print("Memory...", file=sys.stderr)
-            mem = memory.run("SQLite", urls["SQLite"], memory_requests, 10_000)
-            lines += [
-                f"**Memory**: {mem.requests} requests through flask_uow (transactional"
-                f" views, an after_commit receiver) after {mem.warmup} to warm up:"
-                f" traced memory grew by {mem.growth_bytes} bytes"
-                f" ({mem.growth_mb:.3f} MB; the limit is 1 MB).",
-                "",
-            ]
-            if mem.growth_mb > 1:
-                failures.append(f"memory grew by {mem.growth_mb:.2f} MB")
+            for backend, url in urls.items():
+                print(f"Recording on {backend}...", file=sys.stderr)
+                recorded, listeners = recording.run(url, rounds, per_round)
+                if listeners:
+                    failures.append(
+                        f"{backend}: recording off attached {listeners} listeners"
+                    )
+                rows = []
+                for rec in recorded:
+                    cells = [rec.kind]
+                    for variant in recording.VARIANTS:
+                        base = variant.removesuffix("-recording")
+                        cells.append(f"{rec.median_us[variant]:.1f}")
+                        if base != variant:
+                            ratio = rec.median_us[variant] / rec.median_us[base]
+                            cells[-1] += f" ({ratio:.3f})"
+                    rows.append(cells)
+                lines += [
+                    f"**Recording statements, {backend}**: median microseconds per"
+                    f" request over {rounds} rounds of {per_round} requests (ratio"
+                    " to the same library with recording off). Cursor listeners"
+                    f" attached by flask_uow with recording off: {listeners}.",
+                    "",
+                    *table(["request", *recording.VARIANTS], rows),
+                    "",
+                ]
+
+            for variant, what in [
+                ("uow-transactional", "transactional views, an after_commit receiver"),
+                ("uow-recording", "recording statements and detecting N+1"),
+            ]:
+                print(f"Memory of {variant}...", file=sys.stderr)
+                mem = memory.run(
+                    "SQLite", urls["SQLite"], memory_requests, 10_000, variant
+                )
+                lines += [
+                    f"**Memory, {variant}**: {mem.requests} requests through"
+                    f" flask_uow ({what}) after {mem.warmup} to warm up: traced"
+                    f" memory grew by {mem.growth_bytes} bytes"
+                    f" ({mem.growth_mb:.3f} MB; the limit is 1 MB).",
+                    "",
+                ]
+                if mem.growth_mb > 1:
+                    failures.append(f"{variant}: memory grew by {mem.growth_mb:.2f} MB")
 
             print("End to end...", file=sys.stderr)
             result = e2e.run(pg_url, workers=2, clients=4, seconds=seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc as cabc
+import functools
 import typing as t
 
 import sqlalchemy as sa
@@ -86,11 +87,14 @@ def baseline(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
     return app, engine.dispose
 
 
-def flask_sqlalchemy(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
+def flask_sqlalchemy(
+    url: str, record: bool = False
+) -> tuple[Flask, cabc.Callable[[], None]]:
     """Flask-SQLAlchemy 3.1, committing in the view."""
     db = SQLAlchemy()
     app = Flask("flask_sqlalchemy")
     app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config["SQLALCHEMY_RECORD_QUERIES"] = record
     db.init_app(app)
     add_routes(app, lambda: t.cast(orm.Session, db.session), commit=True)
 
@@ -101,11 +105,15 @@ def flask_sqlalchemy(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
     return app, dispose
 
 
-def uow(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
-    """flask_uow, committing at the end of the request."""
+def uow(url: str, record: bool = False) -> tuple[Flask, cabc.Callable[[], None]]:
+    """flask_uow, committing at the end of the request; *record*: with
+    statement recording and N+1 detection, as in debug and testing mode.
+    """
     unit_of_work = UnitOfWork()
     app = Flask("uow")
     app.config["UOW_ENGINES"] = {"default": url}
+    app.config["UOW_RECORD_QUERIES"] = record
+    app.config["UOW_N_PLUS_ONE"] = "warn" if record else "off"
     unit_of_work.init_app(app)
     add_routes(app, lambda: unit_of_work.session, commit=False)
     return app, lambda: unit_of_work.dispose_engines(app)
@@ -135,11 +143,14 @@ def uow_transactional(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
     return app, dispose
 
 
-BUILDERS = {
+Builder = cabc.Callable[[str], tuple[Flask, cabc.Callable[[], None]]]
+BUILDERS: dict[str, Builder] = {
     "baseline": baseline,
     "flask-sqlalchemy": flask_sqlalchemy,
     "uow": uow,
     "uow-transactional": uow_transactional,
+    "uow-recording": functools.partial(uow, record=True),
+    "flask-sqlalchemy-recording": functools.partial(flask_sqlalchemy, record=True),
 }
 
 

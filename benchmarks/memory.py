@@ -27,13 +27,20 @@ class MemoryResult:
         return self.growth_bytes / 2**20
 
 
-def run(backend: str, url: str, requests: int, warmup: int) -> MemoryResult:
-    """Send *requests* requests (after *warmup* more) through flask_uow with
-    an after_commit receiver and @uow.transactional views, and measure how
-    much traced memory grew between the end of the warm-up and the end.
+def run(
+    backend: str,
+    url: str,
+    requests: int,
+    warmup: int,
+    variant: str = "uow-transactional",
+) -> MemoryResult:
+    """Send *requests* requests (after *warmup* more) through a flask_uow
+    variant (by default with an after_commit receiver and @uow.transactional
+    views), and measure how much traced memory grew between the end of the
+    warm-up and the end.
     """
     create_tables(url)
-    app, dispose = BUILDERS["uow-transactional"](url)
+    app, dispose = BUILDERS[variant](url)
     try:
         calls = itertools.cycle([request_runner(app, m, p) for m, p in MIX])
         for _ in range(warmup):

@@ -69,6 +69,29 @@ def live_sessions() -> int:
     return sum(isinstance(o, orm.Session) for o in gc.get_objects())
 
 
+def time_runners(
+    variants: dict[str, cabc.Callable[[], None]], rounds: int, per_round: int
+) -> dict[str, float]:
+    """The median time per request of each variant, in microseconds."""
+    for call in variants.values():  # Warm up: pools, caches, imports.
+        for _ in range(per_round):
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants.items())
+    for round_ in range(rounds):
+        gc.collect()
+        # A B C D, B C D A, C D A B, ...: interleaved, and each variant
+        # takes every position equally often.
+        shift = round_ % len(order)
+        for name, call in order[shift:] + order[:shift]:
+            start = time.perf_counter_ns()
+            for _ in range(per_round):
+                call()
+            elapsed = time.perf_counter_ns() - start
+            samples[name].append(elapsed / per_round / 1000)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def run(
     backend: str, url: str, rounds: int, per_round: int
 ) -> tuple[list[Result], bool]:
@@ -93,23 +116,7 @@ def run(
         no_session = live_sessions() == before
         results = []
         for kind, variants in runners.items():
-            for call in variants.values():  # Warm up: pools, caches, imports.
-                for _ in range(per_round):
-                    call()
-            samples: dict[str, list[float]] = {name: [] for name in variants}
-            order = list(variants.items())
-            for round_ in range(rounds):
-                gc.collect()
-                # A B C D, B C D A, C D A B, ...: interleaved, and each variant
-                # takes every position equally often.
-                shift = round_ % len(order)
-                for name, call in order[shift:] + order[:shift]:
-                    start = time.perf_counter_ns()
-                    for _ in range(per_round):
-                        call()
-                    elapsed = time.perf_counter_ns() - start
-                    samples[name].append(elapsed / per_round / 1000)
-            medians = {name: statistics.median(s) for name, s in samples.items()}
+            medians = time_runners(variants, rounds, per_round)
             results.append(Result(backend, kind, medians))
         return results, no_session
     finally:

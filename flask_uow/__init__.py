@@ -5,6 +5,9 @@ from ._config import UnknownConfigKeyWarning as UnknownConfigKeyWarning
 from ._extension import UnitOfWork as UnitOfWork
 from ._lifecycle import default_commit_veto as default_commit_veto
 from ._pagination import Pagination as Pagination
+from ._query_info import get_recorded_queries as get_recorded_queries
+from ._query_info import NPlusOneWarning as NPlusOneWarning
+from ._query_info import QueryRecord as QueryRecord
 from ._recovery import Resolution as Resolution
 from ._retry import is_transient_error as is_transient_error
 from .signals import after_begin as after_begin
@@ -18,6 +21,8 @@ __all__ = [
     "Change",
     "Isolation",
     "Pagination",
+    "NPlusOneWarning",
+    "QueryRecord",
     "Resolution",
     "TransactionAbortedError",
     "UnitOfWork",
@@ -28,6 +33,7 @@ __all__ = [
     "before_commit",
     "before_retry",
     "default_commit_veto",
+    "get_recorded_queries",
     "is_transient_error",
     "signals",
 ]

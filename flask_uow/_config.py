@@ -24,6 +24,12 @@ KNOWN_KEYS = frozenset(
         "UOW_RETRY_DELAY",
         "UOW_RETRY_MAX_DELAY",
         "UOW_TWO_PHASE",
+        "UOW_RECORD_QUERIES",
+        "UOW_N_PLUS_ONE",
+        "UOW_N_PLUS_ONE_THRESHOLD",
+        "UOW_SERVER_TIMING",
+        "UOW_SLOW_QUERY_MS",
+        "UOW_SLOW_QUERY_PARAMETERS",
     }
 )
 

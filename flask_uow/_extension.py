@@ -32,6 +32,9 @@ from ._models import check_flask_sqlalchemy_config
 from ._models import MetadataArgument
 from ._models import ModelMethods
 from ._models import Models
+from ._query_info import QueryRecord
+from ._query_info import read_settings
+from ._recording import Insight
 from ._recovery import install_cli
 from ._recovery import recover
 from ._recovery import Resolution
@@ -100,6 +103,7 @@ class UnitOfWork(RequestHelpers, ModelMethods):
         )
         self._commit_veto: CommitVeto = default_commit_veto
         self._retry_classifier: RetryClassifier = is_transient_error
+        self._insight = Insight()
         if app is not None:
             self.init_app(app)
 
@@ -132,6 +136,7 @@ class UnitOfWork(RequestHelpers, ModelMethods):
         app.config.setdefault("UOW_RETRY_MAX_DELAY", 2.0)
         app.config.setdefault("UOW_TWO_PHASE", False)
         check_config(app.config)
+        query_settings = read_settings(app)
         options = session_options(app.config["UOW_SESSION_OPTIONS"])
         engines = create_engines(app.config.get("UOW_ENGINES"), app.instance_path)
         try:
@@ -154,6 +159,8 @@ class UnitOfWork(RequestHelpers, ModelMethods):
             lambda: self._commit_veto,
             lambda: self._retry_classifier,
         )
+        # Before install, so that the Server-Timing hook sees the commit's work.
+        self._insight.install(app, state, query_settings)
         install(app, state)
         install_streaming(app, state)
         coordinator = install_two_phase(state, two_phase)
@@ -206,6 +213,49 @@ class UnitOfWork(RequestHelpers, ModelMethods):
     def engine(self) -> sa.Engine:
         """The current app's ``"default"`` engine."""
         return self._state()[1].engines["default"]
+
+    @property
+    def recorded_queries(self) -> list[QueryRecord]:
+        """The statements the current unit of work has run so far, oldest
+        first, when ``UOW_RECORD_QUERIES`` is on for the current app (an empty
+        list when it is off). See :doc:`queries`.
+
+        :raise RuntimeError: There is no application context.
+
+        .. versionadded:: 0.1
+        """
+        app, state = self._state()
+        return self._insight.recorded(app, state)
+
+    def assert_max_queries(self, n: int) -> t.ContextManager[list[QueryRecord]]:
+        """A block in which the apps of this instance may run at most *n*
+        statements, across all units of work (each test-client request is
+        one), with or without an application context. Transaction control
+        (``BEGIN``, ``COMMIT``, ``SAVEPOINT``...) is not counted. It yields the
+        list of the statements, filled as they run.
+
+        .. code-block:: python
+
+            with uow.assert_max_queries(2):
+                client.get("/orders")
+
+        :param n: The number of statements allowed.
+        :raise TypeError: *n* is not an int.
+        :raise ValueError: *n* is negative.
+        :raise AssertionError: When the block ends, more statements ran; the
+            message lists them, numbered, with their call sites.
+
+        .. versionadded:: 0.1
+        """
+        return self._insight.expect(n, exact=False)
+
+    def assert_num_queries(self, n: int) -> t.ContextManager[list[QueryRecord]]:
+        """Like :meth:`assert_max_queries`, but exactly *n* statements must
+        run in the block.
+
+        .. versionadded:: 0.1
+        """
+        return self._insight.expect(n, exact=True)
 
     def dispose_engines(self, app: Flask | None = None, *, close: bool = True) -> None:
         """Empty the pools of the app's engines; the engines stay usable and

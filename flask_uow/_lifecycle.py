@@ -25,6 +25,7 @@ from ._changes import ChangeSet
 from ._sqlite import begin_binds
 
 if t.TYPE_CHECKING:
+    from ._recording import UnitQueries
     from ._transaction import Frame
     from .testing import Isolation
 
@@ -66,6 +67,7 @@ class Unit:
         "savepoints",
         "change_sets",
         "streaming",
+        "queries",
     )
 
     def __init__(self) -> None:
@@ -92,6 +94,8 @@ class Unit:
         #: The unit ends when the streamed response the app sent is closed, or,
         #: as a safety net, when it is garbage collected (see ``_streaming``).
         self.streaming: weakref.finalize[..., None] | None = None
+        #: The statements the unit ran, while query insight is on.
+        self.queries: UnitQueries | None = None
 
     @property
     def marked_for_rollback(self) -> bool:

@@ -42,3 +42,23 @@ class Counter(Base):
 
     id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
     value: orm.Mapped[int] = orm.mapped_column(default=0)
+
+
+class Parent(Base):
+    """An ORM model with a lazily loaded one-to-many relationship."""
+
+    __tablename__ = "parents"
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(50))
+    children: orm.Mapped[list[Child]] = orm.relationship(back_populates="parent")
+
+
+class Child(Base):
+    """The many side of :class:`Parent`."""
+
+    __tablename__ = "children"
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    parent_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("parents.id"))
+    parent: orm.Mapped[Parent] = orm.relationship(back_populates="children")

@@ -207,3 +207,14 @@ def test_busy_database_is_503_with_retry_after(tmp_path: pathlib.Path) -> None:
     assert balances(client) == {"dora": 100, "emil": 100}
     assert client.get("/notifications").json == {"notifications": []}
     uow.dispose_engines(busy_app)
+
+
+def test_account_page_runs_two_statements(
+    client: FlaskClient,
+    accounts: Accounts,
+    uow_assert_num_queries: t.Callable[[int], t.ContextManager[t.Any]],
+) -> None:
+    """The account page reads the account and its entries, nothing more."""
+    transfer(client, accounts, 100)
+    with uow_assert_num_queries(2):
+        assert client.get(f"/accounts/{accounts['bob']}").status_code == 200
