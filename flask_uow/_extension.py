@@ -19,6 +19,7 @@ from flask import has_app_context
 from ._config import check_config
 from ._config import session_options
 from ._config import session_options_error
+from ._engines import _create_engine
 from ._engines import create_engines
 from ._engines import RoutingSession
 from ._lifecycle import CommitVeto
@@ -30,6 +31,11 @@ from ._lifecycle import Unit
 from ._recovery import install_cli
 from ._recovery import recover
 from ._recovery import Resolution
+from ._replicas import create_replicas
+from ._replicas import DEFAULTS as REPLICA_DEFAULTS
+from ._replicas import install as install_replicas
+from ._replicas import PRIMARY_MARK
+from ._replicas import split_replicas
 from ._retry import is_transient_error
 from ._streaming import install as install_streaming
 from ._transaction import callback_list
@@ -114,13 +120,28 @@ class UnitOfWork:
         app.config.setdefault("UOW_RETRY_DELAY", 0.05)
         app.config.setdefault("UOW_RETRY_MAX_DELAY", 2.0)
         app.config.setdefault("UOW_TWO_PHASE", False)
+        for key, value in REPLICA_DEFAULTS.items():
+            app.config.setdefault(key, value)
         check_config(app.config)
         options = session_options(app.config["UOW_SESSION_OPTIONS"])
-        engines = create_engines(app.config.get("UOW_ENGINES"), app.instance_path)
+        entries, listed = split_replicas(app.config.get("UOW_ENGINES"))
+        engines = create_engines(entries, app.instance_path)
+        try:
+            replicas = create_replicas(
+                app,
+                engines,
+                listed,
+                lambda key, entry: _create_engine("", entry, app.instance_path, key),
+                entries,
+            )
+        except BaseException:
+            _dispose_engines(engines.values())
+            raise
+        all_engines = [*engines.values(), *(replicas.engines() if replicas else ())]
         try:
             two_phase = check_two_phase(app.config["UOW_TWO_PHASE"], engines)
         except (TypeError, ValueError):
-            _dispose_engines(engines.values())
+            _dispose_engines(all_engines)
             raise
         try:
             factory: orm.sessionmaker[orm.Session] = orm.sessionmaker(
@@ -128,7 +149,7 @@ class UnitOfWork:
             )
             factory().close()  # Reject unknown session options now, not mid-request.
         except (TypeError, ValueError, sa_exc.ArgumentError) as e:
-            _dispose_engines(engines.values())
+            _dispose_engines(all_engines)
             raise session_options_error(e) from e
         state = State(
             engines,
@@ -137,6 +158,9 @@ class UnitOfWork:
             lambda: self._commit_veto,
             lambda: self._retry_classifier,
         )
+        if replicas is not None:
+            state.replicas = replicas
+            install_replicas(app, state, replicas)  # Before install: see there.
         install(app, state)
         install_streaming(app, state)
         coordinator = install_two_phase(state, two_phase)
@@ -145,7 +169,7 @@ class UnitOfWork:
         install_cli(app)
         self._states[app] = state
         app.extensions["uow"] = self
-        weakref.finalize(app, _dispose_engines, list(engines.values()))
+        weakref.finalize(app, _dispose_engines, all_engines)
 
     def _state(self, app: Flask | None = None) -> tuple[Flask, State]:
         if app is None:
@@ -182,6 +206,24 @@ class UnitOfWork:
         return types.MappingProxyType(self._state()[1].engines)
 
     @property
+    def replica_engines(self) -> cabc.Mapping[str, tuple[sa.Engine, ...]]:
+        """The current app's read replica engines, by the name of the engine
+        they replicate (read-only; engines without replicas are absent). See
+        :doc:`/replicas`.
+
+        .. versionadded:: 0.2
+        """
+        replicas = self._state()[1].replicas
+        if replicas is None:
+            return types.MappingProxyType({})
+        return types.MappingProxyType(
+            {
+                group.name: tuple(r.engine for r in group.replicas)
+                for group in replicas.groups.values()
+            }
+        )
+
+    @property
     def engine(self) -> sa.Engine:
         """The current app's ``"default"`` engine."""
         return self._state()[1].engines["default"]
@@ -201,8 +243,12 @@ class UnitOfWork:
         :param close: Close the pooled connections (the default), or only
             forget them.
         """
-        for engine in self._state(app)[1].engines.values():
+        state = self._state(app)[1]
+        for engine in state.engines.values():
             engine.dispose(close=close)
+        if state.replicas is not None:
+            for engine in state.replicas.engines():
+                engine.dispose(close=close)
 
     def recover(
         self, app: Flask | None = None, *, dry_run: bool = False
@@ -275,6 +321,32 @@ class UnitOfWork:
             return view(*args, **kwargs)
 
         return wrapper
+
+    def primary(self, view: cabc.Callable[P, R]) -> cabc.Callable[P, R]:
+        """Decorate a view whose unit of work must use the primary database
+        even for GET, HEAD and OPTIONS requests, which otherwise read from a
+        read replica (see :doc:`/replicas`). Use it on views that write, or
+        that must read the very latest data. Its ``before_request`` hooks use
+        the primary too. The view itself is returned, marked, so the order
+        with ``@app.get`` does not matter; on a class-based view, list it in
+        the class's ``decorators``.
+
+        .. code-block:: python
+
+            @app.get("/visit")
+            @uow.primary
+            def visit():
+                uow.session.add(Visit())
+                return "counted"
+
+        Without replicas it changes nothing.
+
+        :param view: The view function.
+
+        .. versionadded:: 0.2
+        """
+        setattr(view, PRIMARY_MARK, True)
+        return view
 
     def transaction(
         self,

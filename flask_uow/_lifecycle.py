@@ -22,6 +22,7 @@ from ._bridge import send_quietly
 from ._changes import ChangeSet
 
 if t.TYPE_CHECKING:
+    from ._replicas import Replicas
     from ._transaction import Frame
     from .testing import Isolation
 
@@ -151,6 +152,8 @@ class State:
         self.key = f"flask_uow.unit.{next(_state_numbers)}"
         #: The units whose session is open, for test isolation to find.
         self.open_units: set[Unit] = set()
+        #: The read replicas of the app's engines, if it has any.
+        self.replicas: Replicas | None = None
 
     def unit(self, app: Flask) -> Unit:
         """The current unit of work of *app*, created if there is none yet."""
@@ -166,7 +169,8 @@ class State:
         session = unit.session
         if session is None:
             if self.isolation is None:
-                session = self.factory(uow_unit=unit)
+                route = None if self.replicas is None else self.replicas.route(app)
+                session = self.factory(uow_unit=unit, uow_route=route)
             else:
                 connections = self.isolation.connections
                 session = self.factory(

@@ -1,0 +1,494 @@
+"""Read replicas: the unit of work of a safe request reads from a replica, in a
+READ ONLY transaction, unless the client must see writes the replicas have
+not replayed yet.
+
+Replicas are chosen per unit of work and engine, when the unit first needs
+the engine, never per statement.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import itertools
+import threading
+import time
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.orm as orm
+from flask import Flask
+from flask import has_request_context
+from flask import request
+from flask import Response
+
+from ._lifecycle import State
+from ._lifecycle import Unit
+from ._lifecycle import unit_store
+from ._positions import Cookie
+from ._positions import current_position
+from ._positions import has_wal
+from ._positions import replica_status
+from ._positions import Token
+from ._positions import watch_writes
+from ._positions import wrote
+
+#: Requests whose unit of work reads from a replica.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The attribute :meth:`~flask_uow.UnitOfWork.primary` sets on a view.
+PRIMARY_MARK = "_flask_uow_primary"
+
+DEFAULTS: dict[str, t.Any] = {
+    "UOW_REPLICA_MAX_LAG": 30.0,
+    "UOW_REPLICA_WAIT": 0.0,
+    "UOW_REPLICA_BACKOFF": 10.0,
+    "UOW_REPLICA_WINDOW": 2.0,
+    "UOW_REPLICA_COOKIE": "uow_ryw",
+}
+
+_WRITE_ON_REPLICA = (
+    "The {method} request to {endpoint!r} tried to write to the database"
+    " {engine!r}, but the unit of work of a GET, HEAD or OPTIONS request reads"
+    " from a read replica in a READ ONLY transaction. Decorate the view with"
+    " @uow.primary to run its unit of work on the primary, or write inside"
+    " 'with uow.transaction():', which always uses the primary."
+)
+
+_WAIT_STEP = 0.002
+
+
+def split_replicas(value: t.Any) -> tuple[t.Any, dict[str, list[t.Any]]]:
+    """Take the ``replicas`` lists out of the ``UOW_ENGINES`` entries, so that
+    the rest of each entry goes to ``create_engine`` as before.
+    """
+    if not isinstance(value, cabc.Mapping):
+        return value, {}
+    engines: dict[t.Any, t.Any] = {}
+    replicas: dict[str, list[t.Any]] = {}
+    for name, entry in value.items():
+        if isinstance(entry, cabc.Mapping) and "replicas" in entry:
+            entry = dict(entry)
+            listed = entry.pop("replicas")
+            if isinstance(listed, (str, bytes, sa.URL)) or not isinstance(
+                listed, cabc.Sequence
+            ):
+                raise TypeError(
+                    f"UOW_ENGINES[{name!r}]['replicas'] must be a list of database"
+                    f" URLs, not {type(listed).__name__!r}. For example"
+                    " 'replicas': ['postgresql+psycopg://app@replica1/app']."
+                )
+            if listed:
+                replicas[name] = list(listed)
+        engines[name] = entry
+    return engines, replicas
+
+
+def check_config(config: cabc.Mapping[str, t.Any]) -> None:
+    """Validate the ``UOW_REPLICA_*`` keys."""
+    for key in ("UOW_REPLICA_MAX_LAG", "UOW_REPLICA_WAIT"):
+        _check_seconds(config, key, none_ok=key == "UOW_REPLICA_MAX_LAG")
+    for key in ("UOW_REPLICA_BACKOFF", "UOW_REPLICA_WINDOW"):
+        _check_seconds(config, key)
+    name = config["UOW_REPLICA_COOKIE"]
+    if not isinstance(name, str) or not name:
+        raise TypeError(
+            f"'UOW_REPLICA_COOKIE' must be a cookie name, not {name!r}. For"
+            " example app.config['UOW_REPLICA_COOKIE'] = 'uow_ryw'."
+        )
+
+
+def _check_seconds(
+    config: cabc.Mapping[str, t.Any], key: str, none_ok: bool = False
+) -> None:
+    value = config[key]
+    if value is None and none_ok:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        extra = ", or None for no limit" if none_ok else ""
+        raise TypeError(
+            f"{key!r} must be a number of seconds{extra}, not {value!r}. For"
+            f" example app.config[{key!r}] = {DEFAULTS[key]!r}."
+        )
+    if value < 0:
+        raise ValueError(f"{key!r} is negative ({value!r}). Use 0 or more.")
+
+
+class Replica:
+    """One replica engine and whether it is reachable."""
+
+    def __init__(self, name: str, index: int, engine: sa.Engine) -> None:
+        self.engine = engine
+        #: How logs name it: the engine name and the URL without password.
+        self.label = (
+            f"UOW_ENGINES[{name!r}]['replicas'][{index}]"
+            f" ({engine.url.render_as_string(hide_password=True)})"
+        )
+        self.down_until = 0.0
+        self.down = False
+        self.lock = threading.Lock()
+
+    def failed(self, app: Flask, error: Exception, backoff: float) -> None:
+        """Skip this replica for *backoff* seconds; log when it goes down."""
+        with self.lock:
+            self.down_until = time.monotonic() + backoff
+            if self.down:
+                return
+            self.down = True
+        app.logger.warning(
+            "flask_uow: the replica %s cannot be used (%s: %s); reads go to the"
+            " other servers, and it is tried again after %s seconds.",
+            self.label,
+            type(error).__name__,
+            str(error).strip().splitlines()[0] if str(error).strip() else "",
+            backoff,
+        )
+
+    def answered(self, app: Flask) -> None:
+        if self.down:
+            with self.lock:
+                if not self.down:  # pragma: no cover - a race between threads
+                    return
+                self.down = False
+            app.logger.info("flask_uow: the replica %s is used again.", self.label)
+
+
+class Group:
+    """The replicas of one engine, taken in turn."""
+
+    def __init__(self, name: str, primary: sa.Engine, replicas: list[Replica]):
+        self.name = name
+        self.primary = primary
+        self.replicas = replicas
+        self.wal = has_wal(primary)
+        self.turns = itertools.count()
+
+    def in_turn(self) -> list[Replica]:
+        """The usable replicas, starting with the next one in turn."""
+        now = time.monotonic()
+        start = next(self.turns) % len(self.replicas)
+        ordered = self.replicas[start:] + self.replicas[:start]
+        return [r for r in ordered if r.down_until <= now]
+
+
+class Replicas:
+    """What one app's units need to read from replicas."""
+
+    def __init__(
+        self,
+        app: Flask,
+        engines: cabc.Mapping[str, sa.Engine],
+        replicas: cabc.Mapping[str, list[sa.Engine]],
+    ) -> None:
+        config = app.config
+        self.max_lag: float | None = config["UOW_REPLICA_MAX_LAG"]
+        self.wait: float = config["UOW_REPLICA_WAIT"]
+        self.backoff: float = config["UOW_REPLICA_BACKOFF"]
+        self.window: float = config["UOW_REPLICA_WINDOW"]
+        self.cookie = Cookie(app, config["UOW_REPLICA_COOKIE"])
+        #: By primary engine.
+        self.groups = {
+            engines[name]: Group(
+                name,
+                engines[name],
+                [Replica(name, i, e) for i, e in enumerate(listed)],
+            )
+            for name, listed in replicas.items()
+        }
+        #: What each engine is, for signals: (engine name, role).
+        self.labels: dict[sa.Engine, tuple[str, str]] = {}
+        for group in self.groups.values():
+            self.labels[group.primary] = (group.name, "primary")
+            for replica in group.replicas:
+                self.labels[replica.engine] = (group.name, "replica")
+
+    def engines(self) -> list[sa.Engine]:
+        """Every replica engine."""
+        return [r.engine for g in self.groups.values() for r in g.replicas]
+
+    def route(self, app: Flask) -> Route | None:
+        """The route of a unit whose session is being created: ``None``
+        outside the app's requests, where nothing is routed and no cookie can
+        be sent.
+        """
+        if not has_request_context() or unit_store(app) is not request.environ:
+            return None
+        safe = request.method in SAFE_METHODS
+        if safe and request.endpoint is not None:
+            view = app.view_functions.get(request.endpoint)
+            safe = not getattr(view, PRIMARY_MARK, False)
+        return Route(app, self, safe)
+
+    def choose(self, route: Route, group: Group) -> sa.Engine:
+        """The engine a safe unit reads *group*'s data from."""
+        lsn, windowed = route.token.needs(group.name)
+        if windowed:
+            return group.primary
+        behind: Replica | None = None
+        for replica in group.in_turn():
+            if not group.wal:
+                return replica.engine
+            status = self._status(route.app, replica)
+            if status is None:
+                continue
+            replayed, lag = status
+            if self.max_lag is not None and (lag is None or lag > self.max_lag):
+                continue
+            if lsn is not None and replayed < lsn:
+                behind = behind or replica
+                continue
+            route.token.drop(group.name)
+            return replica.engine
+        if behind is not None and lsn is not None and self.wait > 0:
+            return self._wait_for(route, group, behind, lsn)
+        return group.primary
+
+    def _status(self, app: Flask, replica: Replica) -> tuple[int, float | None] | None:
+        try:
+            status = replica_status(replica.engine)
+        except sa.exc.SQLAlchemyError as e:
+            replica.failed(app, e, self.backoff)
+            return None
+        replica.answered(app)
+        return status
+
+    def _wait_for(
+        self, route: Route, group: Group, replica: Replica, lsn: int
+    ) -> sa.Engine:
+        """Wait up to ``UOW_REPLICA_WAIT`` for *replica* to replay *lsn*."""
+        deadline = time.monotonic() + self.wait
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(_WAIT_STEP, left))
+            status = self._status(route.app, replica)
+            if status is None:
+                break
+            if status[0] >= lsn:
+                route.token.drop(group.name)
+                return replica.engine
+        return group.primary
+
+
+class Route:
+    """Which servers one unit of work in a request uses, and what its commits
+    wrote, for the client's token.
+    """
+
+    def __init__(self, app: Flask, replicas: Replicas, safe: bool) -> None:
+        self.app = app
+        self.replicas = replicas
+        #: The unit may read from replicas.
+        self.safe = safe
+        self.chosen: dict[sa.Engine, sa.Engine] = {}
+        #: Primary connections of the current transaction, with engine names.
+        self.open: dict[sa.Connection, str] = {}
+        self._token: Token | None = None
+
+    @property
+    def token(self) -> Token:
+        """The client's token, read from its cookie on first use."""
+        if self._token is None:
+            self._token = self.replicas.cookie.load(request)
+        return self._token
+
+    def __call__(self, engine: sa.Engine) -> sa.Engine:
+        """The engine to use instead of the primary *engine*."""
+        if not self.safe:
+            return engine
+        chosen = self.chosen.get(engine)
+        if chosen is None:
+            group = self.replicas.groups.get(engine)
+            chosen = engine if group is None else self.replicas.choose(self, group)
+            self.chosen[engine] = chosen
+        return chosen
+
+    def to_primary(self) -> None:
+        """Use the primary for the rest of the unit (its transaction ended)."""
+        self.safe = False
+        self.chosen.clear()
+
+    def check_write(self, bind: t.Any) -> None:
+        """Raise if *bind*, about to be written to, is a replica."""
+        if not self.safe or not isinstance(bind, sa.Engine):
+            return
+        label = self.replicas.labels.get(bind)
+        if label is not None and label[1] == "replica":
+            raise RuntimeError(
+                _WRITE_ON_REPLICA.format(
+                    method=request.method, endpoint=request.endpoint, engine=label[0]
+                )
+            )
+
+
+def create_replicas(
+    app: Flask,
+    engines: cabc.Mapping[str, sa.Engine],
+    listed: cabc.Mapping[str, list[t.Any]],
+    make_engine: cabc.Callable[[str, t.Any], sa.Engine],
+    options: cabc.Mapping[str, t.Any],
+) -> Replicas | None:
+    """Create the replica engines of an app, or return ``None`` when it has
+    none. *make_engine(label, entry)* creates an engine as ``UOW_ENGINES``
+    entries are; *options* are each primary's ``create_engine`` arguments,
+    which its replicas share unless their entry overrides them.
+    """
+    check_config(app.config)
+    if not listed:
+        return None
+    created: list[sa.Engine] = []
+    try:
+        if not app.secret_key:
+            raise RuntimeError(
+                "Read replicas need the app's 'SECRET_KEY' to sign the cookie that"
+                " lets a client read its own writes. Set"
+                " app.config['SECRET_KEY'] before calling 'init_app'."
+            )
+        replicas: dict[str, list[sa.Engine]] = {}
+        for name, entries in listed.items():
+            if name not in engines:
+                continue  # create_engines reported it already.
+            for i, entry in enumerate(entries):
+                label = f"UOW_ENGINES[{name!r}]['replicas'][{i}]"
+                engine = make_engine(label, _inherit(options.get(name), entry))
+                created.append(engine)
+                _check_backend(label, engines[name], engine)
+                _read_only(engine)
+                replicas.setdefault(name, []).append(engine)
+    except BaseException:
+        for engine in created:
+            engine.dispose()
+        raise
+    return Replicas(app, engines, replicas)
+
+
+def _inherit(primary: t.Any, entry: t.Any) -> t.Any:
+    if not isinstance(primary, cabc.Mapping):
+        return entry
+    shared = {k: v for k, v in primary.items() if k not in ("url", "replicas")}
+    if isinstance(entry, cabc.Mapping):
+        return {**shared, **entry}
+    return {**shared, "url": entry}
+
+
+def _check_backend(label: str, primary: sa.Engine, replica: sa.Engine) -> None:
+    if replica.dialect.name != primary.dialect.name:
+        raise ValueError(
+            f"{label} is a {replica.dialect.name!r} database, but its primary is"
+            f" {primary.dialect.name!r}. List replicas of that database only."
+        )
+
+
+def _read_only(engine: sa.Engine) -> None:
+    """Make every transaction on a replica engine READ ONLY."""
+    if engine.dialect.name == "postgresql":
+        engine.update_execution_options(postgresql_readonly=True)
+    elif engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def connect(dbapi_connection: t.Any, record: t.Any) -> None:
+            dbapi_connection.execute("PRAGMA query_only = ON")
+
+
+def install(app: Flask, state: State, replicas: Replicas) -> None:
+    """Attach what read replicas need to an app: write checks, position
+    tracking on the primaries, and the cookie on responses.
+
+    Call it before the request hooks of :mod:`._lifecycle` are installed:
+    Flask runs ``after_request`` functions in reverse order, so the cookie is
+    set after the end-of-request commit.
+    """
+    for group in replicas.groups.values():
+        watch_writes(group.primary)
+        for replica in group.replicas:
+            sa.event.listen(
+                replica.engine, "handle_error", _read_only_error(group.name)
+            )
+    factory = state.factory
+    sa.event.listen(factory, "after_begin", _after_begin)
+    sa.event.listen(factory, "before_flush", _before_flush)
+    sa.event.listen(factory, "do_orm_execute", _do_orm_execute)
+    sa.event.listen(factory, "after_commit", _after_commit)
+    sa.event.listen(factory, "after_transaction_end", _after_transaction_end)
+
+    def save_token(response: Response) -> Response:
+        unit: Unit | None = unit_store(app).get(state.key)
+        session = None if unit is None else unit.session
+        route = getattr(session, "uow_route", None)
+        if route is not None and route._token is not None:
+            replicas.cookie.save(route._token, response)
+        return response
+
+    app.after_request(save_token)
+
+
+def _route(session: orm.Session) -> Route | None:
+    return t.cast("Route | None", getattr(session, "uow_route", None))
+
+
+def _after_begin(
+    session: orm.Session, transaction: orm.SessionTransaction, conn: sa.Connection
+) -> None:
+    route = _route(session)
+    if route is None:
+        return
+    group = route.replicas.groups.get(conn.engine)
+    if group is not None:
+        route.open[conn] = group.name
+
+
+def _before_flush(session: orm.Session, context: t.Any, instances: t.Any) -> None:
+    route = _route(session)
+    if route is None or not route.safe:
+        return
+    for obj in itertools.chain(session.new, session.dirty, session.deleted):
+        route.check_write(session.get_bind(sa.inspect(obj).mapper))
+
+
+def _do_orm_execute(state: orm.ORMExecuteState) -> None:
+    route = _route(state.session)
+    if route is not None and (state.is_insert or state.is_update or state.is_delete):
+        route.check_write(
+            state.session.get_bind(
+                mapper=state.bind_mapper,
+                clause=t.cast(sa.ClauseElement, state.statement),
+            )
+        )
+
+
+def _after_commit(session: orm.Session) -> None:
+    route = _route(session)
+    if route is None or session.in_nested_transaction():
+        return
+    for conn, name in route.open.items():
+        if wrote(conn):
+            group = route.replicas.groups[conn.engine]
+            lsn = current_position(conn) if group.wal else None
+            route.token.wrote(name, lsn, route.replicas.window)
+
+
+def _after_transaction_end(
+    session: orm.Session, transaction: orm.SessionTransaction
+) -> None:
+    route = _route(session)
+    if route is not None and transaction.parent is None:
+        route.open.clear()
+
+
+def _read_only_error(
+    name: str,
+) -> cabc.Callable[[sa.engine.ExceptionContext], BaseException | None]:
+    """A ``handle_error`` listener that explains a write the server of a
+    replica of *name* refused (a textual statement flask_uow could not see).
+    """
+
+    def handle_error(context: sa.engine.ExceptionContext) -> BaseException | None:
+        error = context.original_exception
+        code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if code != "25006" and "readonly database" not in str(error):
+            return None
+        if not has_request_context():
+            return None
+        return RuntimeError(
+            _WRITE_ON_REPLICA.format(
+                method=request.method, endpoint=request.endpoint, engine=name
+            )
+        )
+
+    return handle_error

@@ -1,0 +1,242 @@
+"""Read-your-writes on a real PostgreSQL primary and streaming replica, whose
+replay the tests pause and resume; and the time window used on SQLite.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import logging
+import pathlib
+import threading
+import time
+
+import pytest
+from flask import Flask
+from itsdangerous import URLSafeSerializer
+
+from flask_uow import UnitOfWork
+
+from .pgcluster import Cluster
+from .replication import app_factory
+from .replication import AppFactory
+from .replication import Pair
+from .replication import postgresql_pair
+from .replication import sqlite_pair
+
+COOKIE = "uow_ryw"
+
+
+@pytest.fixture
+def pair(pg_cluster: Cluster) -> cabc.Iterator[Pair]:
+    """The PostgreSQL primary and replica with empty test tables; replay and
+    the replica are restored after the test.
+    """
+    yield postgresql_pair(pg_cluster)
+    pg_cluster.reset()
+
+
+@pytest.fixture
+def make_replicated(
+    uow: UnitOfWork, pair: Pair, tmp_path: pathlib.Path
+) -> cabc.Iterator[AppFactory]:
+    make, finish = app_factory(uow, pair, tmp_path)
+    yield make
+    finish()
+
+
+def test_a_client_reads_its_writes_before_the_replica_has_them(
+    make_replicated: AppFactory, pg_cluster: Cluster
+) -> None:
+    """While replay is paused, the client that wrote reads from the primary
+    and another client reads the replica's older data; once the replica has
+    replayed the write, both read from it and the token is dropped.
+    """
+    app = make_replicated()
+    writer, other = app.test_client(), app.test_client()
+    pg_cluster.pause_replay()
+    response = writer.post("/items", data={"name": "a"})
+    assert response.status_code == 201
+    assert writer.get_cookie(COOKIE) is not None
+
+    assert writer.get("/items").json == {"names": ["a"], "server": "primary"}
+    assert other.get("/items").json == {"names": [], "server": "replica"}
+    assert writer.get_cookie(COOKIE) is not None
+
+    pg_cluster.resume_replay()
+    pg_cluster.wait_replayed()
+    assert writer.get("/items").json == {"names": ["a"], "server": "replica"}
+    assert writer.get_cookie(COOKIE) is None
+    assert other.get("/items").json == {"names": ["a"], "server": "replica"}
+
+
+def test_reads_wait_for_the_replica_when_configured(
+    make_replicated: AppFactory, pg_cluster: Cluster
+) -> None:
+    """With UOW_REPLICA_WAIT, a client whose write the replica has not
+    replayed waits for it instead of reading from the primary.
+    """
+    app = make_replicated(UOW_REPLICA_WAIT=30)
+    client = app.test_client()
+    pg_cluster.pause_replay()
+    client.post("/items", data={"name": "a"})
+    resume = threading.Timer(0.1, pg_cluster.resume_replay)
+    resume.start()
+    try:
+        assert client.get("/items").json == {"names": ["a"], "server": "replica"}
+    finally:
+        resume.join()
+
+
+def test_reads_do_not_wait_for_a_replica_that_is_down(
+    make_replicated: AppFactory, pg_cluster: Cluster
+) -> None:
+    """A replica that goes away while a read waits for it is given up."""
+    app = make_replicated(UOW_REPLICA_WAIT=30)
+    client = app.test_client()
+    pg_cluster.pause_replay()
+    client.post("/items", data={"name": "a"})
+    stop = threading.Timer(0.1, pg_cluster.replica.stop)
+    stop.start()
+    try:
+        assert client.get("/items").json == {"names": ["a"], "server": "primary"}
+    finally:
+        stop.join()
+
+
+def test_a_stopped_replica_is_skipped(
+    make_replicated: AppFactory,
+    pg_cluster: Cluster,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the replica stopped, GET requests are answered from the primary
+    without an error, and the failure is logged once; when it is back, reads
+    return to it.
+    """
+    app = make_replicated(UOW_REPLICA_BACKOFF=0)
+    client = app.test_client()
+    assert client.get("/items").json["server"] == "replica"
+    pg_cluster.replica.stop()
+    caplog.set_level(logging.INFO, logger=app.logger.name)
+    for _ in range(3):
+        response = client.get("/items")
+        assert response.status_code == 200
+        assert response.json == {"names": [], "server": "primary"}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "replicas'][0]" in warnings[0].getMessage()
+    assert "cannot be used" in warnings[0].getMessage()
+
+    pg_cluster.reset()
+    assert client.get("/items").json == {"names": [], "server": "replica"}
+    assert "is used again" in caplog.records[-1].getMessage()
+
+
+def test_a_failed_replica_waits_for_its_backoff(
+    make_replicated: AppFactory, pg_cluster: Cluster
+) -> None:
+    """A replica that failed is not tried again before its back-off ends."""
+    app = make_replicated(UOW_REPLICA_BACKOFF=3600)
+    client = app.test_client()
+    pg_cluster.replica.stop()
+    assert client.get("/items").json["server"] == "primary"
+    pg_cluster.reset()
+    assert client.get("/items").json["server"] == "primary"
+
+
+def test_a_lagging_replica_is_skipped(
+    make_replicated: AppFactory, pg_cluster: Cluster
+) -> None:
+    """A replica whose lag exceeds UOW_REPLICA_MAX_LAG is skipped, also for
+    clients without a token.
+    """
+    app = make_replicated(UOW_REPLICA_MAX_LAG=0.05)
+    writer, other = app.test_client(), app.test_client()
+    assert other.get("/items").json["server"] == "replica"
+    pg_cluster.pause_replay()
+    writer.post("/items", data={"name": "a"})
+    time.sleep(0.1)  # The replica now lags by more than the limit.
+    assert other.get("/items").json == {"names": ["a"], "server": "primary"}
+
+
+def test_no_lag_limit(make_replicated: AppFactory, pg_cluster: Cluster) -> None:
+    """With UOW_REPLICA_MAX_LAG None, a lagging replica serves token-less
+    clients.
+    """
+    app = make_replicated(UOW_REPLICA_MAX_LAG=None)
+    writer, other = app.test_client(), app.test_client()
+    pg_cluster.pause_replay()
+    writer.post("/items", data={"name": "a"})
+    time.sleep(0.05)
+    assert other.get("/items").json == {"names": [], "server": "replica"}
+
+
+def test_a_tampered_token_is_ignored(make_replicated: AppFactory) -> None:
+    """A cookie whose signature does not verify counts as no token, and the
+    response deletes it.
+    """
+    app = make_replicated()
+    client = app.test_client()
+    client.post("/items", data={"name": "a"})
+    signed = client.get_cookie(COOKIE)
+    assert signed is not None
+    client.set_cookie(COOKIE, signed.value[:-2] + "xx")
+    response = client.get("/items")
+    assert response.json["server"] == "replica"
+    assert client.get_cookie(COOKIE) is None
+
+
+def test_a_forged_future_position_only_costs_primary_reads(
+    make_replicated: AppFactory,
+) -> None:
+    """A token for a position the primary has not reached (forged with the
+    secret key) sends that client's reads to the primary, nothing else.
+    """
+    app = make_replicated()
+    forged = URLSafeSerializer(
+        [app.secret_key], salt="flask-uow.read-your-writes"
+    ).dumps({"lsn": {"default": 2**62}, "until": {}})
+    client, other = app.test_client(), app.test_client()
+    client.set_cookie(COOKIE, forged)
+    assert client.get("/items").json == {"names": [], "server": "primary"}
+    assert other.get("/items").json == {"names": [], "server": "replica"}
+
+
+def test_a_read_only_post_sets_no_token(make_replicated: AppFactory) -> None:
+    """A request that commits without writing hands out no token."""
+    app = make_replicated()
+
+    @app.post("/look")
+    def look() -> str:
+        app.extensions["uow"].session.execute(sa_select_one())
+        return "looked"
+
+    client = app.test_client()
+    assert client.post("/look").status_code == 200
+    assert client.get_cookie(COOKIE) is None
+
+
+def sa_select_one() -> object:
+    import sqlalchemy as sa
+
+    return sa.select(sa.literal(1))
+
+
+@pytest.fixture
+def sqlite_app(uow: UnitOfWork, tmp_path: pathlib.Path) -> cabc.Iterator[Flask]:
+    make, finish = app_factory(uow, sqlite_pair(tmp_path), tmp_path)
+    yield make(UOW_REPLICA_WINDOW=0.2)
+    finish()
+
+
+def test_without_wal_positions_a_time_window_applies(sqlite_app: Flask) -> None:
+    """On SQLite, which has no WAL position to compare, a client that wrote
+    reads from the primary for UOW_REPLICA_WINDOW seconds, then from the
+    replica again (whether or not it has the write: the weaker guarantee).
+    """
+    writer, other = sqlite_app.test_client(), sqlite_app.test_client()
+    writer.post("/items", data={"name": "a"})
+    assert writer.get("/items").json == {"names": ["a"], "server": "primary"}
+    assert other.get("/items").json == {"names": [], "server": "replica"}
+    time.sleep(0.25)
+    assert writer.get("/items").json == {"names": [], "server": "replica"}
+    assert writer.get_cookie(COOKIE) is None

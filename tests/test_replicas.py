@@ -1,0 +1,154 @@
+"""Read replicas on both backends: which requests read from a replica, and
+what happens when one tries to write there.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import pathlib
+import typing as t
+
+import pytest
+from flask import Flask
+
+from flask_uow import signals
+from flask_uow import UnitOfWork
+from flask_uow.testing import Isolation
+
+from .models import Item
+from .replication import app_factory
+from .replication import AppFactory
+from .replication import names
+from .replication import Pair
+from .replication import postgresql_pair
+from .replication import served_by
+from .replication import sqlite_pair
+
+
+@pytest.fixture
+def pair(backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Pair:
+    """A primary and its replica on ``backend``, with empty test tables."""
+    if backend == "sqlite":
+        return sqlite_pair(tmp_path)
+    return postgresql_pair(request.getfixturevalue("pg_cluster"))
+
+
+@pytest.fixture
+def make_replicated(
+    uow: UnitOfWork, pair: Pair, tmp_path: pathlib.Path
+) -> cabc.Iterator[AppFactory]:
+    """Build apps whose default engine has *pair*'s replica."""
+    make, finish = app_factory(uow, pair, tmp_path)
+    yield make
+    finish()
+
+
+@pytest.fixture
+def app(make_replicated: AppFactory) -> Flask:
+    return make_replicated()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_safe_requests_read_from_the_replica(app: Flask, method: str) -> None:
+    """The unit of a GET or HEAD request reads from the replica."""
+    response = app.test_client().open("/items", method=method)
+    assert response.status_code == 200
+    if method == "GET":
+        assert response.json == {"names": [], "server": "replica"}
+
+
+def test_other_requests_use_the_primary(app: Flask, pair: Pair) -> None:
+    """A POST request's unit reads and writes on the primary."""
+    response = app.test_client().post("/items", data={"name": "a"})
+    assert response.status_code == 201
+    assert response.json == {"names": ["a"], "server": "primary"}
+    assert names(pair.primary) == ["a"]
+
+
+@pytest.mark.parametrize("path", ["/write", "/write-core", "/write-text"])
+def test_a_write_in_a_get_view_fails_clearly(
+    app: Flask, pair: Pair, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A GET view that writes gets an error saying how to use the primary;
+    nothing is written.
+    """
+    response = app.test_client().get(path)
+    assert response.status_code == 500
+    error = caplog.records[-1].exc_info[1]  # type: ignore[index]
+    assert isinstance(error, RuntimeError)
+    assert "reads from a read replica in a READ ONLY transaction" in str(error)
+    assert "@uow.primary" in str(error)
+    assert names(pair.primary) == names(pair.replica) == []
+
+
+def test_a_primary_view_writes_in_a_get_request(app: Flask, pair: Pair) -> None:
+    """A view marked with @uow.primary runs its unit on the primary."""
+    response = app.test_client().get("/write-primary")
+    assert response.json == {"names": ["from get"], "server": "primary"}
+    assert names(pair.primary) == ["from get"]
+
+
+def test_primary_marks_the_view_in_either_order(uow: UnitOfWork) -> None:
+    """@uow.primary returns the view itself, marked."""
+
+    def view() -> str:
+        return ""
+
+    assert uow.primary(view) is view
+
+
+def test_a_transaction_in_a_get_view_uses_the_primary(app: Flask, pair: Pair) -> None:
+    """uow.transaction() in a GET view writes on the primary, and the unit
+    reads from the primary after it.
+    """
+    response = app.test_client().get("/block")
+    assert response.json == {
+        "names": ["in block"],
+        "server": "primary",
+        "before": "replica",
+    }
+    assert names(pair.primary) == ["in block"]
+
+
+def test_signals_tell_the_role(app: Flask) -> None:
+    """after_begin names the engine and says whether it is a replica."""
+    seen: list[tuple[str | None, str]] = []
+
+    def receiver(sender: Flask, **extra: t.Any) -> None:
+        seen.append((extra["engine"], extra["role"]))
+
+    with signals.after_begin.connected_to(receiver, app):
+        client = app.test_client()
+        client.get("/items")
+        client.post("/items", data={"name": "a"})
+    assert seen == [("default", "replica"), ("default", "primary")]
+
+
+def test_code_outside_requests_uses_the_primary(
+    app: Flask, uow: UnitOfWork, pair: Pair
+) -> None:
+    """Outside requests (CLI commands, jobs) the unit uses the primary."""
+    with app.app_context():
+        with uow.transaction() as session:
+            session.add(Item(name="job"))
+        assert served_by(uow.session) == "primary"
+    assert names(pair.primary) == ["job"]
+
+
+def test_isolated_tests_read_their_own_writes(app: Flask, pair: Pair) -> None:
+    """Under test isolation, GET requests read the isolated primary
+    connection, so a test sees what it wrote.
+    """
+    with Isolation(app):
+        client = app.test_client()
+        client.post("/items", data={"name": "a"})
+        assert client.get("/items").json == {"names": ["a"], "server": "primary"}
+    assert names(pair.primary) == []
+
+
+def test_no_replicas_no_routing(make_replicated: AppFactory, pair: Pair) -> None:
+    """An engine entry with an empty replica list reads from the primary."""
+    app = make_replicated(
+        UOW_ENGINES={"default": {"url": pair.primary, "replicas": []}}
+    )
+    assert app.test_client().get("/items").json == {"names": [], "server": "primary"}
