@@ -31,11 +31,11 @@ from ._lifecycle import Unit
 from ._recovery import install_cli
 from ._recovery import recover
 from ._recovery import Resolution
+from ._replica_config import DEFAULTS as REPLICA_DEFAULTS
+from ._replica_config import split_replicas
 from ._replicas import create_replicas
-from ._replicas import DEFAULTS as REPLICA_DEFAULTS
 from ._replicas import install as install_replicas
 from ._replicas import PRIMARY_MARK
-from ._replicas import split_replicas
 from ._retry import is_transient_error
 from ._streaming import install as install_streaming
 from ._transaction import callback_list

@@ -27,8 +27,8 @@ _SALT = "flask-uow.read-your-writes"
 #: otherwise it is the age of the last transaction it replayed. A server that
 #: is not in recovery (a replica URL that names a primary) is never behind.
 REPLICA_STATUS = """\
-SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-            ELSE pg_current_wal_lsn() END::text,
+SELECT CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()
+            ELSE coalesce(pg_last_wal_replay_lsn(), '0/0') END::text,
        CASE WHEN NOT pg_is_in_recovery() THEN 0
             WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn()
                  AND EXISTS (SELECT FROM pg_stat_wal_receiver) THEN 0
@@ -40,10 +40,8 @@ _STATEMENT_KEY = "flask_uow.wrote"
 _READING_WORDS = ("SELECT", "SHOW", "EXPLAIN", "VALUES", "TABLE", "FETCH")
 
 
-def parse_lsn(text: str | None) -> int:
+def parse_lsn(text: str) -> int:
     """A WAL position as an int; ``'16/B374D848'`` is ``0x16B374D848``."""
-    if not text:
-        return 0
     high, _, low = text.partition("/")
     return (int(high, 16) << 32) | int(low, 16)
 

@@ -31,19 +31,13 @@ from ._positions import replica_status
 from ._positions import Token
 from ._positions import watch_writes
 from ._positions import wrote
+from ._replica_config import check_config
+from ._replica_config import create_engines
 
 #: Requests whose unit of work reads from a replica.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: The attribute :meth:`~flask_uow.UnitOfWork.primary` sets on a view.
 PRIMARY_MARK = "_flask_uow_primary"
-
-DEFAULTS: dict[str, t.Any] = {
-    "UOW_REPLICA_MAX_LAG": 30.0,
-    "UOW_REPLICA_WAIT": 0.0,
-    "UOW_REPLICA_BACKOFF": 10.0,
-    "UOW_REPLICA_WINDOW": 2.0,
-    "UOW_REPLICA_COOKIE": "uow_ryw",
-}
 
 _WRITE_ON_REPLICA = (
     "The {method} request to {endpoint!r} tried to write to the database"
@@ -54,62 +48,6 @@ _WRITE_ON_REPLICA = (
 )
 
 _WAIT_STEP = 0.002
-
-
-def split_replicas(value: t.Any) -> tuple[t.Any, dict[str, list[t.Any]]]:
-    """Take the ``replicas`` lists out of the ``UOW_ENGINES`` entries, so that
-    the rest of each entry goes to ``create_engine`` as before.
-    """
-    if not isinstance(value, cabc.Mapping):
-        return value, {}
-    engines: dict[t.Any, t.Any] = {}
-    replicas: dict[str, list[t.Any]] = {}
-    for name, entry in value.items():
-        if isinstance(entry, cabc.Mapping) and "replicas" in entry:
-            entry = dict(entry)
-            listed = entry.pop("replicas")
-            if isinstance(listed, (str, bytes, sa.URL)) or not isinstance(
-                listed, cabc.Sequence
-            ):
-                raise TypeError(
-                    f"UOW_ENGINES[{name!r}]['replicas'] must be a list of database"
-                    f" URLs, not {type(listed).__name__!r}. For example"
-                    " 'replicas': ['postgresql+psycopg://app@replica1/app']."
-                )
-            if listed:
-                replicas[name] = list(listed)
-        engines[name] = entry
-    return engines, replicas
-
-
-def check_config(config: cabc.Mapping[str, t.Any]) -> None:
-    """Validate the ``UOW_REPLICA_*`` keys."""
-    for key in ("UOW_REPLICA_MAX_LAG", "UOW_REPLICA_WAIT"):
-        _check_seconds(config, key, none_ok=key == "UOW_REPLICA_MAX_LAG")
-    for key in ("UOW_REPLICA_BACKOFF", "UOW_REPLICA_WINDOW"):
-        _check_seconds(config, key)
-    name = config["UOW_REPLICA_COOKIE"]
-    if not isinstance(name, str) or not name:
-        raise TypeError(
-            f"'UOW_REPLICA_COOKIE' must be a cookie name, not {name!r}. For"
-            " example app.config['UOW_REPLICA_COOKIE'] = 'uow_ryw'."
-        )
-
-
-def _check_seconds(
-    config: cabc.Mapping[str, t.Any], key: str, none_ok: bool = False
-) -> None:
-    value = config[key]
-    if value is None and none_ok:
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        extra = ", or None for no limit" if none_ok else ""
-        raise TypeError(
-            f"{key!r} must be a number of seconds{extra}, not {value!r}. For"
-            f" example app.config[{key!r}] = {DEFAULTS[key]!r}."
-        )
-    if value < 0:
-        raise ValueError(f"{key!r} is negative ({value!r}). Use 0 or more.")
 
 
 class Replica:
@@ -306,8 +244,6 @@ class Route:
 
     def check_write(self, bind: t.Any) -> None:
         """Raise if *bind*, about to be written to, is a replica."""
-        if not self.safe or not isinstance(bind, sa.Engine):
-            return
         label = self.replicas.labels.get(bind)
         if label is not None and label[1] == "replica":
             raise RuntimeError(
@@ -324,66 +260,22 @@ def create_replicas(
     make_engine: cabc.Callable[[str, t.Any], sa.Engine],
     options: cabc.Mapping[str, t.Any],
 ) -> Replicas | None:
-    """Create the replica engines of an app, or return ``None`` when it has
-    none. *make_engine(label, entry)* creates an engine as ``UOW_ENGINES``
-    entries are; *options* are each primary's ``create_engine`` arguments,
-    which its replicas share unless their entry overrides them.
+    """Create an app's replica engines from the lists that
+    :func:`split_replicas` took out of ``UOW_ENGINES``, or return ``None``
+    when it has none. *make_engine(label, entry)* creates an engine as a
+    ``UOW_ENGINES`` entry is; *options* are the entries, whose
+    ``create_engine`` arguments their replicas share.
     """
     check_config(app.config)
     if not listed:
         return None
-    created: list[sa.Engine] = []
-    try:
-        if not app.secret_key:
-            raise RuntimeError(
-                "Read replicas need the app's 'SECRET_KEY' to sign the cookie that"
-                " lets a client read its own writes. Set"
-                " app.config['SECRET_KEY'] before calling 'init_app'."
-            )
-        replicas: dict[str, list[sa.Engine]] = {}
-        for name, entries in listed.items():
-            if name not in engines:
-                continue  # create_engines reported it already.
-            for i, entry in enumerate(entries):
-                label = f"UOW_ENGINES[{name!r}]['replicas'][{i}]"
-                engine = make_engine(label, _inherit(options.get(name), entry))
-                created.append(engine)
-                _check_backend(label, engines[name], engine)
-                _read_only(engine)
-                replicas.setdefault(name, []).append(engine)
-    except BaseException:
-        for engine in created:
-            engine.dispose()
-        raise
-    return Replicas(app, engines, replicas)
-
-
-def _inherit(primary: t.Any, entry: t.Any) -> t.Any:
-    if not isinstance(primary, cabc.Mapping):
-        return entry
-    shared = {k: v for k, v in primary.items() if k not in ("url", "replicas")}
-    if isinstance(entry, cabc.Mapping):
-        return {**shared, **entry}
-    return {**shared, "url": entry}
-
-
-def _check_backend(label: str, primary: sa.Engine, replica: sa.Engine) -> None:
-    if replica.dialect.name != primary.dialect.name:
-        raise ValueError(
-            f"{label} is a {replica.dialect.name!r} database, but its primary is"
-            f" {primary.dialect.name!r}. List replicas of that database only."
+    if not app.secret_key:
+        raise RuntimeError(
+            "Read replicas need the app's 'SECRET_KEY' to sign the cookie that"
+            " lets a client read its own writes. Set"
+            " app.config['SECRET_KEY'] before calling 'init_app'."
         )
-
-
-def _read_only(engine: sa.Engine) -> None:
-    """Make every transaction on a replica engine READ ONLY."""
-    if engine.dialect.name == "postgresql":
-        engine.update_execution_options(postgresql_readonly=True)
-    elif engine.dialect.name == "sqlite":
-
-        @sa.event.listens_for(engine, "connect")
-        def connect(dbapi_connection: t.Any, record: t.Any) -> None:
-            dbapi_connection.execute("PRAGMA query_only = ON")
+    return Replicas(app, engines, create_engines(engines, listed, make_engine, options))
 
 
 def install(app: Flask, state: State, replicas: Replicas) -> None:
@@ -443,7 +335,9 @@ def _before_flush(session: orm.Session, context: t.Any, instances: t.Any) -> Non
 
 def _do_orm_execute(state: orm.ORMExecuteState) -> None:
     route = _route(state.session)
-    if route is not None and (state.is_insert or state.is_update or state.is_delete):
+    if route is None or not route.safe:
+        return
+    if state.is_insert or state.is_update or state.is_delete:
         route.check_write(
             state.session.get_bind(
                 mapper=state.bind_mapper,
@@ -455,6 +349,9 @@ def _do_orm_execute(state: orm.ORMExecuteState) -> None:
 def _after_commit(session: orm.Session) -> None:
     route = _route(session)
     if route is None or session.in_nested_transaction():
+        return
+    if not has_request_context():
+        # A streamed body committing after its headers left: no cookie to set.
         return
     for conn, name in route.open.items():
         if wrote(conn):

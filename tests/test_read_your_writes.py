@@ -11,14 +11,18 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
+from flask import Response
 from itsdangerous import URLSafeSerializer
 
 from flask_uow import UnitOfWork
 
+from .models import Item
 from .pgcluster import Cluster
 from .replication import app_factory
 from .replication import AppFactory
+from .replication import names
 from .replication import Pair
 from .replication import postgresql_pair
 from .replication import sqlite_pair
@@ -114,7 +118,7 @@ def test_a_stopped_replica_is_skipped(
     """
     app = make_replicated(UOW_REPLICA_BACKOFF=0)
     client = app.test_client()
-    assert client.get("/items").json["server"] == "replica"
+    assert client.get("/items").get_json()["server"] == "replica"
     pg_cluster.replica.stop()
     caplog.set_level(logging.INFO, logger=app.logger.name)
     for _ in range(3):
@@ -138,9 +142,9 @@ def test_a_failed_replica_waits_for_its_backoff(
     app = make_replicated(UOW_REPLICA_BACKOFF=3600)
     client = app.test_client()
     pg_cluster.replica.stop()
-    assert client.get("/items").json["server"] == "primary"
+    assert client.get("/items").get_json()["server"] == "primary"
     pg_cluster.reset()
-    assert client.get("/items").json["server"] == "primary"
+    assert client.get("/items").get_json()["server"] == "primary"
 
 
 def test_a_lagging_replica_is_skipped(
@@ -151,7 +155,7 @@ def test_a_lagging_replica_is_skipped(
     """
     app = make_replicated(UOW_REPLICA_MAX_LAG=0.05)
     writer, other = app.test_client(), app.test_client()
-    assert other.get("/items").json["server"] == "replica"
+    assert other.get("/items").get_json()["server"] == "replica"
     pg_cluster.pause_replay()
     writer.post("/items", data={"name": "a"})
     time.sleep(0.1)  # The replica now lags by more than the limit.
@@ -181,7 +185,7 @@ def test_a_tampered_token_is_ignored(make_replicated: AppFactory) -> None:
     assert signed is not None
     client.set_cookie(COOKIE, signed.value[:-2] + "xx")
     response = client.get("/items")
-    assert response.json["server"] == "replica"
+    assert response.get_json()["server"] == "replica"
     assert client.get_cookie(COOKIE) is None
 
 
@@ -193,7 +197,7 @@ def test_a_forged_future_position_only_costs_primary_reads(
     """
     app = make_replicated()
     forged = URLSafeSerializer(
-        [app.secret_key], salt="flask-uow.read-your-writes"
+        str(app.secret_key), salt="flask-uow.read-your-writes"
     ).dumps({"lsn": {"default": 2**62}, "until": {}})
     client, other = app.test_client(), app.test_client()
     client.set_cookie(COOKIE, forged)
@@ -207,18 +211,12 @@ def test_a_read_only_post_sets_no_token(make_replicated: AppFactory) -> None:
 
     @app.post("/look")
     def look() -> str:
-        app.extensions["uow"].session.execute(sa_select_one())
+        app.extensions["uow"].session.execute(sa.select(sa.literal(1)))
         return "looked"
 
     client = app.test_client()
     assert client.post("/look").status_code == 200
     assert client.get_cookie(COOKIE) is None
-
-
-def sa_select_one() -> object:
-    import sqlalchemy as sa
-
-    return sa.select(sa.literal(1))
 
 
 @pytest.fixture
@@ -240,3 +238,121 @@ def test_without_wal_positions_a_time_window_applies(sqlite_app: Flask) -> None:
     time.sleep(0.25)
     assert writer.get("/items").json == {"names": [], "server": "replica"}
     assert writer.get_cookie(COOKIE) is None
+
+
+@pytest.mark.parametrize(
+    ("statement", "token"),
+    [
+        ("SELECT 1", False),
+        ("  (select 2)", False),
+        ("UPDATE items SET name = name", True),
+        ("DELETE FROM items", True),
+        ("CREATE TEMPORARY TABLE t (x int)", True),
+    ],
+)
+def test_textual_statements_that_write_set_a_token(
+    make_replicated: AppFactory, statement: str, token: bool
+) -> None:
+    """A textual statement counts as a write unless it starts with a reading
+    keyword such as SELECT.
+    """
+    app = make_replicated()
+
+    @app.post("/sql")
+    def run_sql() -> str:
+        app.extensions["uow"].session.execute(sa.text(statement))
+        return "done"
+
+    client = app.test_client()
+    assert client.post("/sql").status_code == 200
+    assert (client.get_cookie(COOKIE) is not None) is token
+
+
+def test_orm_deletes_and_core_updates_set_a_token(
+    make_replicated: AppFactory,
+) -> None:
+    """Deleting through the ORM and updating through Core are writes."""
+    app = make_replicated()
+    uow: UnitOfWork = app.extensions["uow"]
+
+    @app.post("/delete")
+    def delete() -> str:
+        for item in uow.session.scalars(sa.select(Item)):
+            uow.session.delete(item)
+        return "deleted"
+
+    @app.post("/update")
+    def update() -> str:
+        uow.session.execute(sa.update(Item).values(name="b"))
+        return "updated"
+
+    client = app.test_client()
+    client.post("/items", data={"name": "a"})
+    for path in ("/delete", "/update"):
+        client.delete_cookie(COOKIE)
+        assert client.post(path).status_code == 200
+        assert client.get_cookie(COOKIE) is not None
+
+
+def test_a_token_with_a_bad_shape_is_ignored(make_replicated: AppFactory) -> None:
+    """A signed cookie whose content is not a token counts as no token."""
+    app = make_replicated()
+    bad = URLSafeSerializer(str(app.secret_key), salt="flask-uow.read-your-writes")
+    client = app.test_client()
+    client.set_cookie(COOKIE, bad.dumps({"lsn": [1], "until": {}}))
+    assert client.get("/items").get_json()["server"] == "replica"
+    assert client.get_cookie(COOKIE) is None
+
+
+def test_reads_wait_at_most_the_configured_time(
+    make_replicated: AppFactory, pg_cluster: Cluster
+) -> None:
+    """When the replica does not catch up within UOW_REPLICA_WAIT, the
+    client reads from the primary.
+    """
+    app = make_replicated(UOW_REPLICA_WAIT=0.02)
+    client = app.test_client()
+    pg_cluster.pause_replay()
+    client.post("/items", data={"name": "a"})
+    assert client.get("/items").json == {"names": ["a"], "server": "primary"}
+
+
+def test_a_commit_in_a_streamed_body_sets_no_cookie(
+    make_replicated: AppFactory, pair: Pair
+) -> None:
+    """A commit made while a streamed body is produced, after the headers,
+    is saved; no cookie can be sent for it.
+    """
+    app = make_replicated()
+    uow: UnitOfWork = app.extensions["uow"]
+
+    @app.post("/stream")
+    def stream() -> Response:
+        session = uow.session
+
+        def body() -> cabc.Iterator[str]:
+            session.add(Item(name="streamed"))
+            session.commit()
+            yield "done"
+
+        return Response(body())
+
+    client = app.test_client()
+    assert client.post("/stream").get_data(as_text=True) == "done"
+    assert client.get_cookie(COOKIE) is None
+    assert names(pair.primary) == ["streamed"]
+
+
+def test_replica_engines_used_directly_refuse_writes(
+    make_replicated: AppFactory,
+) -> None:
+    """Outside requests, a write on a replica engine gets the server's own
+    error: the replica is read only.
+    """
+    app = make_replicated()
+    uow: UnitOfWork = app.extensions["uow"]
+    with app.app_context():
+        (engine,) = uow.replica_engines["default"]
+        with engine.connect() as conn:
+            with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
+                conn.execute(sa.insert(Item).values(name="x"))

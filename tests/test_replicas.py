@@ -44,22 +44,27 @@ def make_replicated(
 
 
 @pytest.fixture
-def app(make_replicated: AppFactory) -> Flask:
+def replicated_app(make_replicated: AppFactory) -> Flask:
+    """An app whose default engine has a replica (not named ``app``: the
+    pytest-flask plugin would push a request context of it for each test).
+    """
     return make_replicated()
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-def test_safe_requests_read_from_the_replica(app: Flask, method: str) -> None:
+def test_safe_requests_read_from_the_replica(
+    replicated_app: Flask, method: str
+) -> None:
     """The unit of a GET or HEAD request reads from the replica."""
-    response = app.test_client().open("/items", method=method)
+    response = replicated_app.test_client().open("/items", method=method)
     assert response.status_code == 200
     if method == "GET":
         assert response.json == {"names": [], "server": "replica"}
 
 
-def test_other_requests_use_the_primary(app: Flask, pair: Pair) -> None:
+def test_other_requests_use_the_primary(replicated_app: Flask, pair: Pair) -> None:
     """A POST request's unit reads and writes on the primary."""
-    response = app.test_client().post("/items", data={"name": "a"})
+    response = replicated_app.test_client().post("/items", data={"name": "a"})
     assert response.status_code == 201
     assert response.json == {"names": ["a"], "server": "primary"}
     assert names(pair.primary) == ["a"]
@@ -67,12 +72,12 @@ def test_other_requests_use_the_primary(app: Flask, pair: Pair) -> None:
 
 @pytest.mark.parametrize("path", ["/write", "/write-core", "/write-text"])
 def test_a_write_in_a_get_view_fails_clearly(
-    app: Flask, pair: Pair, path: str, caplog: pytest.LogCaptureFixture
+    replicated_app: Flask, pair: Pair, path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A GET view that writes gets an error saying how to use the primary;
     nothing is written.
     """
-    response = app.test_client().get(path)
+    response = replicated_app.test_client().get(path)
     assert response.status_code == 500
     error = caplog.records[-1].exc_info[1]  # type: ignore[index]
     assert isinstance(error, RuntimeError)
@@ -81,9 +86,11 @@ def test_a_write_in_a_get_view_fails_clearly(
     assert names(pair.primary) == names(pair.replica) == []
 
 
-def test_a_primary_view_writes_in_a_get_request(app: Flask, pair: Pair) -> None:
+def test_a_primary_view_writes_in_a_get_request(
+    replicated_app: Flask, pair: Pair
+) -> None:
     """A view marked with @uow.primary runs its unit on the primary."""
-    response = app.test_client().get("/write-primary")
+    response = replicated_app.test_client().get("/write-primary")
     assert response.json == {"names": ["from get"], "server": "primary"}
     assert names(pair.primary) == ["from get"]
 
@@ -97,11 +104,13 @@ def test_primary_marks_the_view_in_either_order(uow: UnitOfWork) -> None:
     assert uow.primary(view) is view
 
 
-def test_a_transaction_in_a_get_view_uses_the_primary(app: Flask, pair: Pair) -> None:
+def test_a_transaction_in_a_get_view_uses_the_primary(
+    replicated_app: Flask, pair: Pair
+) -> None:
     """uow.transaction() in a GET view writes on the primary, and the unit
     reads from the primary after it.
     """
-    response = app.test_client().get("/block")
+    response = replicated_app.test_client().get("/block")
     assert response.json == {
         "names": ["in block"],
         "server": "primary",
@@ -110,37 +119,40 @@ def test_a_transaction_in_a_get_view_uses_the_primary(app: Flask, pair: Pair) ->
     assert names(pair.primary) == ["in block"]
 
 
-def test_signals_tell_the_role(app: Flask) -> None:
+def test_signals_tell_the_role(replicated_app: Flask) -> None:
     """after_begin names the engine and says whether it is a replica."""
     seen: list[tuple[str | None, str]] = []
 
     def receiver(sender: Flask, **extra: t.Any) -> None:
         seen.append((extra["engine"], extra["role"]))
 
-    with signals.after_begin.connected_to(receiver, app):
-        client = app.test_client()
+    with signals.after_begin.connected_to(receiver, replicated_app):
+        client = replicated_app.test_client()
         client.get("/items")
         client.post("/items", data={"name": "a"})
     assert seen == [("default", "replica"), ("default", "primary")]
 
 
 def test_code_outside_requests_uses_the_primary(
-    app: Flask, uow: UnitOfWork, pair: Pair
+    replicated_app: Flask, uow: UnitOfWork, pair: Pair
 ) -> None:
     """Outside requests (CLI commands, jobs) the unit uses the primary."""
-    with app.app_context():
+    with replicated_app.app_context():
+        assert served_by(uow.session) == "primary"
         with uow.transaction() as session:
             session.add(Item(name="job"))
         assert served_by(uow.session) == "primary"
     assert names(pair.primary) == ["job"]
 
 
-def test_isolated_tests_read_their_own_writes(app: Flask, pair: Pair) -> None:
+def test_isolated_tests_read_their_own_writes(
+    replicated_app: Flask, pair: Pair
+) -> None:
     """Under test isolation, GET requests read the isolated primary
     connection, so a test sees what it wrote.
     """
-    with Isolation(app):
-        client = app.test_client()
+    with Isolation(replicated_app):
+        client = replicated_app.test_client()
         client.post("/items", data={"name": "a"})
         assert client.get("/items").json == {"names": ["a"], "server": "primary"}
     assert names(pair.primary) == []
