@@ -41,8 +41,9 @@ PRIMARY_MARK = "_flask_uow_primary"
 
 _WRITE_ON_REPLICA = (
     "The {method} request to {endpoint!r} tried to write to the database"
-    " {engine!r}, but the unit of work of a GET, HEAD or OPTIONS request reads"
-    " from a read replica in a READ ONLY transaction. Decorate the view with"
+    " {engine!r}, but the unit of work of a GET, HEAD or OPTIONS request is READ"
+    " ONLY: it reads from a read replica, or from the primary while the"
+    " replicas catch up with the client's writes. Decorate the view with"
     " @uow.primary to run its unit of work on the primary, or write inside"
     " 'with uow.transaction():', which always uses the primary."
 )
@@ -243,9 +244,11 @@ class Route:
         self.chosen.clear()
 
     def check_write(self, bind: t.Any) -> None:
-        """Raise if *bind*, about to be written to, is a replica."""
+        """Raise if *bind*, about to be written to, is an engine with
+        replicas or one of its replicas.
+        """
         label = self.replicas.labels.get(bind)
-        if label is not None and label[1] == "replica":
+        if label is not None:
             raise RuntimeError(
                 _WRITE_ON_REPLICA.format(
                     method=request.method, endpoint=request.endpoint, engine=label[0]
@@ -288,10 +291,10 @@ def install(app: Flask, state: State, replicas: Replicas) -> None:
     """
     for group in replicas.groups.values():
         watch_writes(group.primary)
+        explain = _read_only_error(group.name)
+        sa.event.listen(group.primary, "handle_error", explain)
         for replica in group.replicas:
-            sa.event.listen(
-                replica.engine, "handle_error", _read_only_error(group.name)
-            )
+            sa.event.listen(replica.engine, "handle_error", explain)
     factory = state.factory
     sa.event.listen(factory, "after_begin", _after_begin)
     sa.event.listen(factory, "before_flush", _before_flush)
@@ -321,8 +324,13 @@ def _after_begin(
     if route is None:
         return
     group = route.replicas.groups.get(conn.engine)
-    if group is not None:
-        route.open[conn] = group.name
+    if group is None:
+        return
+    route.open[conn] = group.name
+    if route.safe and group.wal:
+        # A safe unit that reads from the primary is read only too, so that
+        # a view that writes fails whichever server serves it.
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 def _before_flush(session: orm.Session, context: t.Any, instances: t.Any) -> None:
@@ -380,7 +388,7 @@ def _read_only_error(
         code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
         if code != "25006" and "readonly database" not in str(error):
             return None
-        if not has_request_context():
+        if not has_request_context() or request.method not in SAFE_METHODS:
             return None
         return RuntimeError(
             _WRITE_ON_REPLICA.format(

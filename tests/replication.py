@@ -52,7 +52,7 @@ def postgresql_pair(cluster: Cluster) -> Pair:
     ):
         cluster.primary.scalar(f'CREATE DATABASE "{DATABASE}"')
     primary = cluster.primary.url(DATABASE).render_as_string(False)
-    _create_tables(primary)
+    create_tables(primary)
     cluster.wait_replayed()
     replica = cluster.replica.url(DATABASE).render_as_string(False)
     return Pair("postgresql", primary, replica, cluster)
@@ -62,11 +62,11 @@ def sqlite_pair(folder: pathlib.Path) -> Pair:
     primary = f"sqlite:///{folder / 'primary.db'}"
     replica = f"sqlite:///{folder / 'replica.db'}"
     for url in (primary, replica):
-        _create_tables(url)
+        create_tables(url)
     return Pair("sqlite", primary, replica)
 
 
-def _create_tables(url: str) -> None:
+def create_tables(url: str) -> None:
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     metadata.drop_all(engine)
     metadata.create_all(engine)

@@ -356,3 +356,68 @@ def test_replica_engines_used_directly_refuse_writes(
         with engine.connect() as conn:
             with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
                 conn.execute(sa.insert(Item).values(name="x"))
+
+
+@pytest.mark.parametrize("path", ["/write", "/write-text"])
+def test_a_get_view_that_writes_fails_on_the_primary_too(
+    make_replicated: AppFactory,
+    pg_cluster: Cluster,
+    pair: Pair,
+    path: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A GET view that writes fails the same way when the unit reads from the
+    primary because the replica has not replayed the client's write.
+    """
+    app = make_replicated()
+    client = app.test_client()
+    pg_cluster.pause_replay()
+    client.post("/items", data={"name": "a"})
+    assert client.get(path).status_code == 500
+    error = caplog.records[-1].exc_info[1]  # type: ignore[index]
+    assert isinstance(error, RuntimeError)
+    assert "@uow.primary" in str(error)
+    assert names(pair.primary) == ["a"]
+
+
+def test_a_post_may_make_its_own_transaction_read_only(
+    make_replicated: AppFactory,
+) -> None:
+    """Outside safe requests, the server's read-only error passes unchanged."""
+    app = make_replicated()
+
+    @app.post("/readonly")
+    def readonly() -> str:
+        session = app.extensions["uow"].session
+        session.execute(sa.text("SET TRANSACTION READ ONLY"))
+        try:
+            session.execute(sa.text("INSERT INTO items (name) VALUES ('x')"))
+        except sa.exc.InternalError:
+            return "refused"
+        return "written"
+
+    assert app.test_client().post("/readonly").get_data(as_text=True) == "refused"
+
+
+def test_an_unreachable_replica_is_skipped_for_another(
+    make_replicated: AppFactory,
+    pair: Pair,
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When a replica cannot be reached, reads go to another replica."""
+    missing = sa.make_url(pair.replica).update_query_dict({"host": str(tmp_path)})
+    app = make_replicated(
+        UOW_ENGINES={
+            "default": {
+                "url": pair.primary,
+                "replicas": [missing.render_as_string(False), pair.replica],
+            }
+        },
+        UOW_REPLICA_BACKOFF=3600,
+    )
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/items").json == {"names": [], "server": "replica"}
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "['replicas'][0]" in warning.getMessage()

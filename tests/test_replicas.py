@@ -9,6 +9,7 @@ import pathlib
 import typing as t
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 from flask_uow import signals
@@ -18,6 +19,7 @@ from flask_uow.testing import Isolation
 from .models import Item
 from .replication import app_factory
 from .replication import AppFactory
+from .replication import create_tables
 from .replication import names
 from .replication import Pair
 from .replication import postgresql_pair
@@ -81,7 +83,7 @@ def test_a_write_in_a_get_view_fails_clearly(
     assert response.status_code == 500
     error = caplog.records[-1].exc_info[1]  # type: ignore[index]
     assert isinstance(error, RuntimeError)
-    assert "reads from a read replica in a READ ONLY transaction" in str(error)
+    assert "a GET, HEAD or OPTIONS request is READ ONLY" in str(error)
     assert "@uow.primary" in str(error)
     assert names(pair.primary) == names(pair.replica) == []
 
@@ -107,10 +109,12 @@ def test_primary_marks_the_view_in_either_order(uow: UnitOfWork) -> None:
 def test_a_transaction_in_a_get_view_uses_the_primary(
     replicated_app: Flask, pair: Pair
 ) -> None:
-    """uow.transaction() in a GET view writes on the primary, and the unit
-    reads from the primary after it.
+    """uow.transaction() in a GET view writes on the primary, the unit reads
+    from the primary after it, and the client gets a token for its write.
     """
-    response = replicated_app.test_client().get("/block")
+    client = replicated_app.test_client()
+    response = client.get("/block")
+    assert client.get_cookie("uow_ryw") is not None
     assert response.json == {
         "names": ["in block"],
         "server": "primary",
@@ -164,3 +168,26 @@ def test_no_replicas_no_routing(make_replicated: AppFactory, pair: Pair) -> None
         UOW_ENGINES={"default": {"url": pair.primary, "replicas": []}}
     )
     assert app.test_client().get("/items").json == {"names": [], "server": "primary"}
+
+
+def test_replicas_are_taken_in_turn(uow: UnitOfWork, tmp_path: pathlib.Path) -> None:
+    """Units read from the replicas of an engine in turn (round-robin)."""
+    pair = sqlite_pair(tmp_path)
+    second = f"sqlite:///{tmp_path / 'second.db'}"
+    create_tables(second)
+    make, finish = app_factory(uow, pair, tmp_path)
+    app = make(
+        UOW_ENGINES={
+            "default": {"url": pair.primary, "replicas": [pair.replica, second]}
+        }
+    )
+
+    @app.get("/file")
+    def file() -> str:
+        rows = uow.session.execute(sa.text("PRAGMA database_list")).all()
+        return pathlib.Path(rows[0][2]).name
+
+    client = app.test_client()
+    served = [client.get("/file").get_data(as_text=True) for _ in range(4)]
+    finish()
+    assert served == ["replica.db", "second.db"] * 2
