@@ -65,7 +65,7 @@ def current_position(connection: sa.Connection) -> int:
     """The primary's WAL position, read on *connection* after its commit."""
     connection.execution_options(isolation_level="AUTOCOMMIT")
     return parse_lsn(
-        connection.exec_driver_sql("SELECT pg_current_wal_lsn()::text").scalar()
+        connection.exec_driver_sql("SELECT pg_current_wal_lsn()::text").scalar_one()
     )
 
 
