@@ -211,7 +211,7 @@ class UnitOfWork:
         they replicate (read-only; engines without replicas are absent). See
         :doc:`/replicas`.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         replicas = self._state()[1].replicas
         if replicas is None:
@@ -343,7 +343,7 @@ class UnitOfWork:
 
         :param view: The view function.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         setattr(view, PRIMARY_MARK, True)
         return view
