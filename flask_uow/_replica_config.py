@@ -121,11 +121,19 @@ def _check_backend(label: str, primary: sa.Engine, replica: sa.Engine) -> None:
 
 
 def _read_only(engine: sa.Engine) -> None:
-    """Make every transaction on a replica engine READ ONLY."""
+    """Make every transaction on a replica engine READ ONLY, once per new
+    connection (nothing is added to each checkout).
+    """
     if engine.dialect.name == "postgresql":
-        engine.update_execution_options(postgresql_readonly=True)
+        statement = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
     elif engine.dialect.name == "sqlite":
+        statement = "PRAGMA query_only = ON"
+    else:
+        return
 
-        @sa.event.listens_for(engine, "connect")
-        def connect(dbapi_connection: t.Any, record: t.Any) -> None:
-            dbapi_connection.execute("PRAGMA query_only = ON")
+    @sa.event.listens_for(engine, "connect")
+    def connect(dbapi_connection: t.Any, record: t.Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(statement)
+        cursor.close()
+        dbapi_connection.commit()
