@@ -292,7 +292,8 @@ def install(app: Flask, state: State, replicas: Replicas) -> None:
     for group in replicas.groups.values():
         watch_writes(group.primary)
         explain = _read_only_error(group.name)
-        sa.event.listen(group.primary, "handle_error", explain)
+        if group.wal:  # Safe units are READ ONLY on the primary too.
+            sa.event.listen(group.primary, "handle_error", explain)
         for replica in group.replicas:
             sa.event.listen(replica.engine, "handle_error", explain)
     factory = state.factory
@@ -364,8 +365,25 @@ def _after_commit(session: orm.Session) -> None:
     for conn, name in route.open.items():
         if wrote(conn):
             group = route.replicas.groups[conn.engine]
-            lsn = current_position(conn) if group.wal else None
+            lsn = _position(route.app, conn, name) if group.wal else None
             route.token.wrote(name, lsn, route.replicas.window)
+
+
+def _position(app: Flask, conn: sa.Connection, name: str) -> int | None:
+    """The primary's position after a commit; ``None`` if it cannot be read
+    (the commit stands: the client then gets a time window instead).
+    """
+    try:
+        return current_position(conn)
+    except sa.exc.SQLAlchemyError as e:
+        app.logger.warning(
+            "flask_uow: the WAL position of %r after a commit could not be read"
+            " (%s); the client reads from the primary for UOW_REPLICA_WINDOW"
+            " seconds instead.",
+            name,
+            type(e).__name__,
+        )
+        return None
 
 
 def _after_transaction_end(

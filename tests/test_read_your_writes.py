@@ -9,6 +9,7 @@ import logging
 import pathlib
 import threading
 import time
+import typing as t
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +23,7 @@ from .models import Item
 from .pgcluster import Cluster
 from .replication import app_factory
 from .replication import AppFactory
+from .replication import DATABASE
 from .replication import names
 from .replication import Pair
 from .replication import postgresql_pair
@@ -421,3 +423,32 @@ def test_an_unreachable_replica_is_skipped_for_another(
         assert client.get("/items").json == {"names": [], "server": "replica"}
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "['replicas'][0]" in warning.getMessage()
+
+
+def test_a_lost_position_falls_back_to_the_time_window(
+    make_replicated: AppFactory,
+    pg_cluster: Cluster,
+    pair: Pair,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When the primary's position cannot be read after a commit (its
+    connection was lost), the commit stands, the error is logged, and the
+    client reads from the primary for the time window instead.
+    """
+    app = make_replicated(UOW_REPLICA_WINDOW=3600)
+    uow: UnitOfWork = app.extensions["uow"]
+    with app.app_context():
+        engine = uow.engine
+
+    def kill(conn: sa.Connection, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        if "pg_current_wal_lsn" in statement:
+            pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+            pg_cluster.primary.scalar(f"SELECT pg_terminate_backend({pid})", DATABASE)
+
+    sa.event.listen(engine, "before_cursor_execute", kill)
+    client = app.test_client()
+    assert client.post("/items", data={"name": "a"}).status_code == 201
+    sa.event.remove(engine, "before_cursor_execute", kill)
+    assert names(pair.primary) == ["a"]
+    assert "could not be read" in caplog.records[-1].getMessage()
+    assert client.get("/items").json == {"names": ["a"], "server": "primary"}

@@ -191,3 +191,28 @@ def test_replicas_are_taken_in_turn(uow: UnitOfWork, tmp_path: pathlib.Path) -> 
     served = [client.get("/file").get_data(as_text=True) for _ in range(4)]
     finish()
     assert served == ["replica.db", "second.db"] * 2
+
+
+@pytest.mark.parametrize("isolated", [False, True])
+def test_signals_name_the_engine_without_replicas(
+    flask_app: Flask, uow: UnitOfWork, isolated: bool
+) -> None:
+    """Without replicas, after_begin names the engine, with role primary,
+    also under test isolation.
+    """
+    seen: list[tuple[str | None, str]] = []
+
+    @flask_app.get("/count")
+    def count() -> str:
+        return str(uow.session.scalar(sa.select(sa.func.count(Item.id))))
+
+    def receiver(sender: Flask, **extra: t.Any) -> None:
+        seen.append((extra["engine"], extra["role"]))
+
+    with signals.after_begin.connected_to(receiver, flask_app):
+        if isolated:
+            with Isolation(flask_app):
+                flask_app.test_client().get("/count")
+        else:
+            flask_app.test_client().get("/count")
+    assert seen == [("default", "primary")]
