@@ -395,6 +395,7 @@ def test_a_post_may_make_its_own_transaction_read_only(
         try:
             session.execute(sa.text("INSERT INTO items (name) VALUES ('x')"))
         except sa.exc.InternalError:
+            session.rollback()
             return "refused"
         return "written"
 
