@@ -214,35 +214,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print("Read replicas...", file=sys.stderr)
     share_requests = 500 if args.quick else 5000
-    rep = replicas.run(rounds, per_round, share_requests)
-    base = rep.medians_us
-    rows = []
-    for case, median in base.items():
-        plain = base[replicas.BASELINES[case]]
-        extra = "" if case in replicas.BASELINES.values() else f"{median - plain:+.0f}"
-        rows.append([case, f"{median:.1f}", extra])
-    share = rep.share
-    primary_share = share.primary_units / (share.primary_units + share.replica_units)
-    lines += [
-        f"**Read replicas** (PostgreSQL primary and one streaming replica on"
-        f" Unix sockets): median microseconds per request over {rounds} rounds"
-        f" of {per_round} requests, and the difference from the same request"
-        " without replicas.",
-        "",
-        *table(["request", "µs", "added µs"], rows),
-        "",
-        f"A load of {share.requests} requests from 20 clients keeping their"
-        f" cookies, {share.reads} of them reads of one row and the rest"
-        f" inserts: {share.errors} errors; units of work on the primary:"
-        f" {share.primary_units} ({primary_share:.1%}), on the replica:"
-        f" {share.replica_units}. ``pg_stat_database`` counted"
-        f" {share.primary_commits} commits on the primary (each insert, and"
-        f" the query for its WAL position) and {share.replica_commits} on the"
-        " replica (each read, and the query for its position and lag).",
-        "",
-    ]
-    if share.errors or not share.replica_units:
-        failures.append("the read-replica load had errors or used no replica")
+    section, failed = replicas.report(rounds, per_round, share_requests, table)
+    lines += section
+    failures += failed
 
     text = "\n".join(lines)
     print(text)

@@ -180,3 +180,45 @@ def run(rounds: int, per_round: int, share_requests: int) -> Result:
         return Result(medians, share)
     finally:
         cluster.stop()
+
+
+def report(
+    rounds: int,
+    per_round: int,
+    share_requests: int,
+    table: cabc.Callable[[list[str], list[list[str]]], list[str]],
+) -> tuple[list[str], list[str]]:
+    """Run the read-replica benchmark; its lines for the docs and its
+    failures.
+    """
+    result = run(rounds, per_round, share_requests)
+    medians = result.medians_us
+    rows = []
+    for case, median in medians.items():
+        base = BASELINES[case]
+        added = "" if base == case else f"{median - medians[base]:+.0f}"
+        rows.append([case, f"{median:.1f}", added])
+    share = result.share
+    on_primary = share.primary_units / (share.primary_units + share.replica_units)
+    lines = [
+        "**Read replicas** (a PostgreSQL primary and one streaming replica on"
+        f" Unix sockets): median microseconds per request over {rounds} rounds"
+        f" of {per_round} requests, and what routing adds to the same request"
+        " without replicas.",
+        "",
+        *table(["request", "µs", "added µs"], rows),
+        "",
+        f"A load of {share.requests} requests from 20 clients that keep their"
+        f" cookies, {share.reads} of them reads of one row and the rest"
+        f" inserts: {share.errors} errors; units of work on the primary:"
+        f" {share.primary_units} ({on_primary:.1%}), on the replica:"
+        f" {share.replica_units}. ``pg_stat_database`` counted"
+        f" {share.primary_commits} commits on the primary (each insert, and"
+        f" the query for its WAL position) and {share.replica_commits} on the"
+        " replica (each read, and the query for its position and lag).",
+        "",
+    ]
+    failures = []
+    if share.errors or not share.replica_units:
+        failures.append("the read-replica load had errors or used no replica")
+    return lines, failures

@@ -156,3 +156,20 @@ def test_dispose_engines_includes_replicas(
         assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
         uow.dispose_engines()
         assert engine.pool.checkedin() == 0  # type: ignore[attr-defined]
+
+
+def test_replicas_of_other_databases_are_accepted(
+    make_app: AppFactory, uow: UnitOfWork
+) -> None:
+    """Replicas of a database without WAL positions or a read-only setting
+    flask_uow knows (MySQL) are accepted; nothing connects at init_app.
+    """
+    app = make_app(
+        SECRET_KEY="k",
+        UOW_ENGINES=replicated(
+            "mysql+pymysql://u@primary/db", "mysql+pymysql://u@r/db"
+        ),
+    )
+    with app.app_context():
+        (engine,) = uow.replica_engines["default"]
+        assert engine.dialect.name == "mysql"

@@ -216,3 +216,26 @@ def test_signals_name_the_engine_without_replicas(
         else:
             flask_app.test_client().get("/count")
     assert seen == [("default", "primary")]
+
+
+def test_signals_name_no_engine_for_an_outside_bind(
+    flask_app: Flask, uow: UnitOfWork, db_url: str
+) -> None:
+    """A transaction on an engine that is not in UOW_ENGINES is reported
+    with engine None.
+    """
+    other = sa.create_engine(db_url, poolclass=sa.NullPool)
+    seen: list[tuple[str | None, str]] = []
+
+    @flask_app.get("/other")
+    def on_other() -> str:
+        options = {"bind": other}
+        return str(uow.session.scalar(sa.text("SELECT 1"), bind_arguments=options))
+
+    def receiver(sender: Flask, **extra: t.Any) -> None:
+        seen.append((extra["engine"], extra["role"]))
+
+    with signals.after_begin.connected_to(receiver, flask_app):
+        assert flask_app.test_client().get("/other").get_data(as_text=True) == "1"
+    other.dispose()
+    assert seen == [(None, "primary")]
