@@ -153,18 +153,18 @@ class Token:
 
 
 class Cookie:
-    """Reads and writes the signed read-your-writes cookie of one app."""
+    """Reads and writes the signed read-your-writes cookie. It keeps no app:
+    the app's state holds it, and the state must not keep the app alive.
+    """
 
-    def __init__(self, app: Flask, name: str) -> None:
-        self.app = app
+    def __init__(self, name: str) -> None:
         self.name = name
 
-    def _serializer(self) -> URLSafeSerializer:
-        app = self.app
+    def _serializer(self, app: Flask) -> URLSafeSerializer:
         keys = [*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.secret_key]
         return URLSafeSerializer(keys, salt=_SALT)
 
-    def load(self, request: Request) -> Token:
+    def load(self, app: Flask, request: Request) -> Token:
         """The request's token; an empty one if it has none, or if its
         signature does not verify (a key that changed, or tampering).
         """
@@ -172,30 +172,29 @@ class Cookie:
         if value is None:
             return Token()
         try:
-            data = self._serializer().loads(value)
-            token = Token(
-                _positions(data["lsn"], int), _positions(data["until"], float)
-            )
+            data = self._serializer(app).loads(value)
+            lsn = _positions(data["lsn"], int)
+            token = Token(lsn, _positions(data["until"], float))
         except (BadSignature, KeyError, TypeError, ValueError):
             token = Token()
             token.changed = True  # Replace the unreadable cookie.
         return token
 
-    def save(self, token: Token, response: Response) -> None:
+    def save(self, app: Flask, token: Token, response: Response) -> None:
         if not token.changed:
             return
-        interface = self.app.session_interface
+        interface = app.session_interface
         options: dict[str, t.Any] = {
-            "domain": interface.get_cookie_domain(self.app),
-            "path": interface.get_cookie_path(self.app),
-            "secure": interface.get_cookie_secure(self.app),
-            "samesite": interface.get_cookie_samesite(self.app),
+            "domain": interface.get_cookie_domain(app),
+            "path": interface.get_cookie_path(app),
+            "secure": interface.get_cookie_secure(app),
+            "samesite": interface.get_cookie_samesite(app),
             "httponly": True,
         }
         if not token.lsn and not token.until:
             response.delete_cookie(self.name, **options)
         else:
-            value = self._serializer().dumps(token.dump())
+            value = self._serializer(app).dumps(token.dump())
             response.set_cookie(self.name, value, **options)
         response.vary.add("Cookie")
 

@@ -122,7 +122,7 @@ class Replicas:
         self.wait: float = config["UOW_REPLICA_WAIT"]
         self.backoff: float = config["UOW_REPLICA_BACKOFF"]
         self.window: float = config["UOW_REPLICA_WINDOW"]
-        self.cookie = Cookie(app, config["UOW_REPLICA_COOKIE"])
+        self.cookie = Cookie(config["UOW_REPLICA_COOKIE"])
         #: By primary engine.
         self.groups = {
             engines[name]: Group(
@@ -224,7 +224,7 @@ class Route:
     def token(self) -> Token:
         """The client's token, read from its cookie on first use."""
         if self._token is None:
-            self._token = self.replicas.cookie.load(request)
+            self._token = self.replicas.cookie.load(self.app, request)
         return self._token
 
     def __call__(self, engine: sa.Engine) -> sa.Engine:
@@ -308,7 +308,7 @@ def install(app: Flask, state: State, replicas: Replicas) -> None:
         session = None if unit is None else unit.session
         route = getattr(session, "uow_route", None)
         if route is not None and route._token is not None:
-            replicas.cookie.save(route._token, response)
+            replicas.cookie.save(app, route._token, response)
         return response
 
     app.after_request(save_token)

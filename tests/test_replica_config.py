@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import typing as t
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 from flask_uow import UnitOfWork
@@ -173,3 +175,29 @@ def test_replicas_of_other_databases_are_accepted(
     with app.app_context():
         (engine,) = uow.replica_engines["default"]
         assert engine.dialect.name == "mysql"
+
+
+def test_an_app_with_replicas_is_garbage_collected(tmp_path: pathlib.Path) -> None:
+    """The extension keeps no reference to an app with replicas: when the app
+    is collected, its state goes and the replicas' pools are closed.
+    """
+    uow = UnitOfWork()
+    app = Flask("gc_replicas", root_path=str(tmp_path), instance_path=str(tmp_path))
+    app.config["SECRET_KEY"] = "k"
+    app.config["UOW_ENGINES"] = replicated(
+        f"sqlite:///{tmp_path / 'p.db'}", f"sqlite:///{tmp_path / 'r.db'}"
+    )
+    uow.init_app(app)
+
+    @app.get("/")
+    def index() -> str:
+        return str(uow.session.scalar(sa.select(sa.literal(1))))
+
+    assert app.test_client().get("/").get_data(as_text=True) == "1"
+    with app.app_context():
+        pool = uow.replica_engines["default"][0].pool
+    assert pool.checkedin() == 1  # type: ignore[attr-defined]
+    del app, index
+    gc.collect()
+    assert len(uow._states) == 0
+    assert pool.checkedin() == 0  # type: ignore[attr-defined]
