@@ -24,6 +24,11 @@ KNOWN_KEYS = frozenset(
         "UOW_RETRY_DELAY",
         "UOW_RETRY_MAX_DELAY",
         "UOW_TWO_PHASE",
+        "UOW_REPLICA_MAX_LAG",
+        "UOW_REPLICA_WAIT",
+        "UOW_REPLICA_BACKOFF",
+        "UOW_REPLICA_WINDOW",
+        "UOW_REPLICA_COOKIE",
     }
 )
 
@@ -36,6 +41,7 @@ _RESERVED_SESSION_OPTIONS = {
     "class_": "flask_uow's session class routes statements by bind key",
     "engines": "flask_uow passes the engines of 'UOW_ENGINES' itself",
     "uow_unit": "flask_uow ties each session to its unit of work itself",
+    "uow_route": "flask_uow routes each session to replicas itself",
 }
 
 _NO_AUTOCOMMIT = (

@@ -21,6 +21,7 @@ from flask import has_request_context
 from flask import request
 from flask import Response
 
+from ._config import describe_url
 from ._lifecycle import State
 from ._lifecycle import Unit
 from ._lifecycle import unit_store
@@ -58,8 +59,7 @@ class Replica:
         self.engine = engine
         #: How logs name it: the engine name and the URL without password.
         self.label = (
-            f"UOW_ENGINES[{name!r}]['replicas'][{index}]"
-            f" ({engine.url.render_as_string(hide_password=True)})"
+            f"UOW_ENGINES[{name!r}]['replicas'][{index}] ({describe_url(engine.url)})"
         )
         self.down_until = 0.0
         self.down = False
