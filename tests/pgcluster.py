@@ -193,13 +193,20 @@ class Cluster:
 
     def wait_replayed(self, timeout: float = 30) -> None:
         """Wait until the replica has replayed everything the primary wrote."""
+        self._wait_for("pg_last_wal_replay_lsn", timeout)
+
+    def wait_received(self, timeout: float = 30) -> None:
+        """Wait until the replica has received (not necessarily replayed)
+        everything the primary wrote.
+        """
+        self._wait_for("pg_last_wal_receive_lsn", timeout)
+
+    def _wait_for(self, function: str, timeout: float) -> None:
         target = self.primary.scalar("SELECT pg_current_wal_lsn()::text")
         deadline = time.monotonic() + timeout
-        while not self.replica.scalar(
-            f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
-        ):
+        while not self.replica.scalar(f"SELECT {function}() >= '{target}'::pg_lsn"):
             if time.monotonic() > deadline:
-                raise RuntimeError("The replica did not catch up with the primary.")
+                raise RuntimeError(f"The replica's {function}() stayed behind.")
             time.sleep(0.01)
 
     def pause_replay(self) -> None:

@@ -160,6 +160,7 @@ def test_a_lagging_replica_is_skipped(
     assert other.get("/items").get_json()["server"] == "replica"
     pg_cluster.pause_replay()
     writer.post("/items", data={"name": "a"})
+    pg_cluster.wait_received()
     time.sleep(0.1)  # The replica now lags by more than the limit.
     assert other.get("/items").json == {"names": ["a"], "server": "primary"}
 
@@ -172,6 +173,7 @@ def test_no_lag_limit(make_replicated: AppFactory, pg_cluster: Cluster) -> None:
     writer, other = app.test_client(), app.test_client()
     pg_cluster.pause_replay()
     writer.post("/items", data={"name": "a"})
+    pg_cluster.wait_received()
     time.sleep(0.05)
     assert other.get("/items").json == {"names": [], "server": "replica"}
 
