@@ -37,7 +37,12 @@ SELECT CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()
        END::float"""
 
 _STATEMENT_KEY = "flask_uow.wrote"
-_READING_WORDS = ("SELECT", "SHOW", "EXPLAIN", "VALUES", "TABLE", "FETCH")
+#: First words of textual statements that change no data: reads, and the
+#: statements that set up or end transactions.
+_READING_WORDS = frozenset(
+    {"SELECT", "SHOW", "EXPLAIN", "VALUES", "TABLE", "FETCH", "SET", "BEGIN"}
+    | {"START", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"}
+)
 
 
 def parse_lsn(text: str) -> int:

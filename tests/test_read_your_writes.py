@@ -62,11 +62,15 @@ def test_a_client_reads_its_writes_before_the_replica_has_them(
     pg_cluster.pause_replay()
     response = writer.post("/items", data={"name": "a"})
     assert response.status_code == 201
-    assert writer.get_cookie(COOKIE) is not None
+    token = writer.get_cookie(COOKIE)
+    assert token is not None
 
-    assert writer.get("/items").json == {"names": ["a"], "server": "primary"}
+    response = writer.get("/items")
+    assert response.json == {"names": ["a"], "server": "primary"}
+    assert "Set-Cookie" not in response.headers  # The token stays as it was.
     assert other.get("/items").json == {"names": [], "server": "replica"}
-    assert writer.get_cookie(COOKIE) is not None
+    still = writer.get_cookie(COOKIE)
+    assert still is not None and still.value == token.value
 
     pg_cluster.resume_replay()
     pg_cluster.wait_replayed()
