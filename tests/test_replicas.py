@@ -97,13 +97,19 @@ def test_a_primary_view_writes_in_a_get_request(
     assert names(pair.primary) == ["from get"]
 
 
-def test_primary_marks_the_view_in_either_order(uow: UnitOfWork) -> None:
-    """@uow.primary returns the view itself, marked."""
+def test_primary_works_above_the_route_decorator(
+    replicated_app: Flask, uow: UnitOfWork
+) -> None:
+    """@uow.primary marks the view itself, so it works above @app.get too."""
 
-    def view() -> str:
-        return ""
+    @uow.primary
+    @replicated_app.get("/above")
+    def above() -> str:
+        return served_by(uow.session)
 
-    assert uow.primary(view) is view
+    assert replicated_app.test_client().get("/above").get_data(as_text=True) == (
+        "primary"
+    )
 
 
 def test_a_transaction_in_a_get_view_uses_the_primary(
