@@ -33,8 +33,8 @@ from ._recovery import recover
 from ._recovery import Resolution
 from ._replica_config import DEFAULTS as REPLICA_DEFAULTS
 from ._replica_config import split_replicas
+from ._replica_hooks import install as install_replicas
 from ._replicas import create_replicas
-from ._replicas import install as install_replicas
 from ._replicas import PRIMARY_MARK
 from ._retry import is_transient_error
 from ._streaming import install as install_streaming
