@@ -157,7 +157,7 @@ def _read_only_error(
             return None
         return RuntimeError(
             WRITE_ON_REPLICA.format(
-                method=request.method, endpoint=request.endpoint, engine=name
+                method=request.method, path=request.path, engine=name
             )
         )
 

@@ -34,7 +34,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PRIMARY_MARK = "_flask_uow_primary"
 
 WRITE_ON_REPLICA = (
-    "The {method} request to {endpoint!r} tried to write to the database"
+    "The {method} request to {path!r} tried to write to the database"
     " {engine!r}, but the unit of work of a GET, HEAD or OPTIONS request is READ"
     " ONLY: it reads from a read replica, or from the primary while the"
     " replicas catch up with the client's writes. Decorate the view with"
@@ -244,7 +244,7 @@ class Route:
         if label is not None:
             raise RuntimeError(
                 WRITE_ON_REPLICA.format(
-                    method=request.method, endpoint=request.endpoint, engine=label[0]
+                    method=request.method, path=request.path, engine=label[0]
                 )
             )
 

@@ -83,6 +83,7 @@ def test_a_write_in_a_get_view_fails_clearly(
     assert response.status_code == 500
     error = caplog.records[-1].exc_info[1]  # type: ignore[index]
     assert isinstance(error, RuntimeError)
+    assert f"The GET request to '{path}' tried to write to the database" in str(error)
     assert "a GET, HEAD or OPTIONS request is READ ONLY" in str(error)
     assert "@uow.primary" in str(error)
     assert names(pair.primary) == names(pair.replica) == []
