@@ -66,12 +66,12 @@ def replica_status(engine: sa.Engine) -> tuple[int, float | None]:
     return parse_lsn(lsn), lag
 
 
-def current_position(connection: sa.Connection) -> int:
-    """The primary's WAL position, read on *connection* after its commit."""
-    connection.execution_options(isolation_level="AUTOCOMMIT")
-    return parse_lsn(
-        connection.exec_driver_sql("SELECT pg_current_wal_lsn()::text").scalar_one()
-    )
+def current_position(engine: sa.Engine) -> int:
+    """The primary's WAL position now, in one autocommit query."""
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        lsn = conn.exec_driver_sql("SELECT pg_current_wal_lsn()::text").scalar_one()
+    return parse_lsn(lsn)
 
 
 def watch_writes(engine: sa.Engine) -> None:

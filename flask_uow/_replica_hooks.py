@@ -54,7 +54,16 @@ def install(app: Flask, state: State, replicas: Replicas) -> None:
         unit: Unit | None = unit_store(app).get(state.key)
         session = None if unit is None else unit.session
         route = getattr(session, "uow_route", None)
-        if route is not None and route._token is not None:
+        if route is None:
+            return response
+        # Read once every commit of the request is over, two-phase ones
+        # included: the position then covers all of them.
+        for name in sorted(route.committed):
+            group = replicas.groups[state.engines[name]]
+            lsn = _position(app, group.primary, name)
+            route.token.wrote(name, lsn, replicas.window)
+        route.committed.clear()
+        if route._token is not None:
             replicas.cookie.save(app, route._token, response)
         return response
 
@@ -111,17 +120,18 @@ def _after_commit(session: orm.Session) -> None:
         return
     for conn, name in route.open.items():
         if wrote(conn):
-            group = route.replicas.groups[conn.engine]
-            lsn = _position(route.app, conn, name) if group.wal else None
-            route.token.wrote(name, lsn, route.replicas.window)
+            if route.replicas.groups[conn.engine].wal:
+                route.committed.add(name)  # Its position is read at the end.
+            else:
+                route.token.wrote(name, None, route.replicas.window)
 
 
-def _position(app: Flask, conn: sa.Connection, name: str) -> int | None:
-    """The primary's position after a commit; ``None`` if it cannot be read
-    (the commit stands: the client then gets a time window instead).
+def _position(app: Flask, engine: sa.Engine, name: str) -> int | None:
+    """The primary's position after the request's commits; ``None`` if it
+    cannot be read (the commits stand: the client gets a time window instead).
     """
     try:
-        return current_position(conn)
+        return current_position(engine)
     except sa.exc.SQLAlchemyError as e:
         app.logger.warning(
             "flask_uow: the WAL position of %r after a commit could not be read"

@@ -211,6 +211,8 @@ class Route:
         self.chosen: dict[sa.Engine, sa.Engine] = {}
         #: Primary connections of the current transaction, with engine names.
         self.open: dict[sa.Connection, str] = {}
+        #: Engines with WAL positions on which a commit of the unit wrote.
+        self.committed: set[str] = set()
         self._token: Token | None = None
 
     @property
