@@ -41,6 +41,7 @@ _SETTINGS = {
     "max_connections": "40",
     "wal_level": "replica",
     "max_wal_senders": "5",
+    "max_prepared_transactions": "10",
     "wal_receiver_status_interval": "1s",
     # A replica cancels its queries that conflict with replay after 1 s
     # instead of 30 s (tables are dropped and refilled between tests).

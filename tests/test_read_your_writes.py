@@ -27,6 +27,7 @@ from .replication import DATABASE
 from .replication import names
 from .replication import Pair
 from .replication import postgresql_pair
+from .replication import served_by
 from .replication import sqlite_pair
 
 COOKIE = "uow_ryw"
@@ -459,3 +460,78 @@ def test_a_lost_position_falls_back_to_the_time_window(
     assert names(pair.primary) == ["a"]
     assert "could not be read" in caplog.records[-1].getMessage()
     assert client.get("/items").json == {"names": ["a"], "server": "primary"}
+
+
+OTHER = "replicas_other"
+notes = sa.Table(
+    "notes",
+    sa.MetaData(info={"bind_key": "other"}),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("text", sa.String(50), nullable=False),
+)
+
+
+def test_a_two_phase_commit_gives_a_position_for_each_engine(
+    make_replicated: AppFactory, pg_cluster: Cluster, pair: Pair
+) -> None:
+    """After a two-phase commit over two engines with replicas, the writer
+    reads both from the primaries until the replicas have replayed it all.
+    """
+    if not pg_cluster.primary.scalar(
+        f"SELECT count(*) FROM pg_database WHERE datname = '{OTHER}'"
+    ):
+        pg_cluster.primary.scalar(f'CREATE DATABASE "{OTHER}"')
+    other_primary = pg_cluster.primary.url(OTHER).render_as_string(False)
+    engine = sa.create_engine(other_primary, poolclass=sa.NullPool)
+    notes.metadata.drop_all(engine)
+    notes.metadata.create_all(engine)
+    engine.dispose()
+    pg_cluster.wait_replayed()
+    app = make_replicated(
+        UOW_ENGINES={
+            "default": {"url": pair.primary, "replicas": [pair.replica]},
+            "other": {
+                "url": other_primary,
+                "replicas": [pg_cluster.replica.url(OTHER).render_as_string(False)],
+            },
+        },
+        UOW_TWO_PHASE=True,
+    )
+    uow: UnitOfWork = app.extensions["uow"]
+
+    @app.post("/both")
+    def write_both() -> str:
+        uow.session.add(Item(name="a"))
+        uow.session.execute(sa.insert(notes).values(text="n"))
+        return "written"
+
+    @app.get("/both")
+    def read_both() -> dict[str, t.Any]:
+        session = uow.session
+        query = sa.select(notes.c.text, sa.func.pg_is_in_recovery())
+        texts = session.execute(query).all()
+        return {
+            "items": list(session.scalars(sa.select(Item.name))),
+            "notes": [text for text, _ in texts],
+            "item_server": served_by(session),
+            "notes_on_replica": bool(texts) and texts[0][1],
+        }
+
+    writer = app.test_client()
+    pg_cluster.pause_replay()
+    assert writer.post("/both").status_code == 200
+    assert writer.get("/both").json == {
+        "items": ["a"],
+        "notes": ["n"],
+        "item_server": "primary",
+        "notes_on_replica": False,
+    }
+    pg_cluster.resume_replay()
+    pg_cluster.wait_replayed()
+    assert writer.get("/both").json == {
+        "items": ["a"],
+        "notes": ["n"],
+        "item_server": "replica",
+        "notes_on_replica": True,
+    }
+    assert writer.get_cookie(COOKIE) is None
