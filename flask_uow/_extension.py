@@ -19,7 +19,6 @@ from flask import has_app_context
 from ._config import check_config
 from ._config import session_options
 from ._config import session_options_error
-from ._engines import _create_engine
 from ._engines import create_engines
 from ._engines import RoutingSession
 from ._lifecycle import CommitVeto
@@ -127,13 +126,7 @@ class UnitOfWork:
         entries, listed = split_replicas(app.config.get("UOW_ENGINES"))
         engines = create_engines(entries, app.instance_path)
         try:
-            replicas = create_replicas(
-                app,
-                engines,
-                listed,
-                lambda key, entry: _create_engine("", entry, app.instance_path, key),
-                entries,
-            )
+            replicas = create_replicas(app, engines, listed, entries)
         except BaseException:
             _dispose_engines(engines.values())
             raise

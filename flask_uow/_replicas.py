@@ -20,6 +20,7 @@ from flask import has_request_context
 from flask import request
 
 from ._config import describe_url
+from ._engines import _create_engine as create_engine
 from ._lifecycle import unit_store
 from ._positions import Cookie
 from ._positions import has_wal
@@ -255,14 +256,12 @@ def create_replicas(
     app: Flask,
     engines: cabc.Mapping[str, sa.Engine],
     listed: cabc.Mapping[str, list[t.Any]],
-    make_engine: cabc.Callable[[str, t.Any], sa.Engine],
-    options: cabc.Mapping[str, t.Any],
+    entries: cabc.Mapping[str, t.Any],
 ) -> Replicas | None:
     """Create an app's replica engines from the lists that
     :func:`split_replicas` took out of ``UOW_ENGINES``, or return ``None``
-    when it has none. *make_engine(label, entry)* creates an engine as a
-    ``UOW_ENGINES`` entry is; *options* are the entries, whose
-    ``create_engine`` arguments their replicas share.
+    when it has none. Each is created as a ``UOW_ENGINES`` entry is, with
+    the ``create_engine`` arguments of its primary's entry (*entries*).
     """
     check_config(app.config)
     if not listed:
@@ -273,4 +272,9 @@ def create_replicas(
             " lets a client read its own writes. Set"
             " app.config['SECRET_KEY'] before calling 'init_app'."
         )
-    return Replicas(app, engines, create_engines(engines, listed, make_engine, options))
+
+    def make_engine(label: str, entry: t.Any) -> sa.Engine:
+        return create_engine(label, entry, app.instance_path, label)
+
+    created = create_engines(engines, listed, make_engine, entries)
+    return Replicas(app, engines, created)
