@@ -31,6 +31,7 @@ from . import guard
 from . import load
 from . import memory
 from . import recording
+from . import replicas
 from . import requests
 from . import twophase
 from .apps import VARIANTS
@@ -324,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print("SQLite under concurrent writes...", file=sys.stderr)
             lines += sqlite_load(folder, args.quick, failures)
+    print("Read replicas...", file=sys.stderr)
+    share_requests = 500 if args.quick else 5000
+    section, failed = replicas.report(rounds, per_round, share_requests, table)
+    lines += section
+    failures += failed
 
     text = "\n".join(lines)
     print(text)

@@ -36,9 +36,15 @@ def _start_response(status: str, headers: t.Any, exc_info: t.Any = None) -> t.An
     return None
 
 
-def request_runner(app: Flask, method: str, path: str) -> cabc.Callable[[], None]:
-    """A function that sends one request to *app* and reads the response."""
+def request_runner(
+    app: Flask, method: str, path: str, cookie: str | None = None
+) -> cabc.Callable[[], None]:
+    """A function that sends one request to *app* and reads the response;
+    *cookie* is a ``Cookie`` header to send with it.
+    """
     base = EnvironBuilder(method=method, path=path).get_environ()
+    if cookie is not None:
+        base["HTTP_COOKIE"] = cookie
 
     def run() -> None:
         environ = dict(base)

@@ -108,8 +108,15 @@ def _after_begin(
         return
     unit.connections.append(connection)
     if signals.after_begin.receivers:
+        describe = getattr(session, "uow_describe", None)
+        name, role = (None, "primary") if describe is None else describe(connection)
         send_quietly(
-            _app(), signals.after_begin, session=session, connection=connection
+            _app(),
+            signals.after_begin,
+            session=session,
+            connection=connection,
+            engine=name,
+            role=role,
         )
 
 

@@ -30,6 +30,11 @@ KNOWN_KEYS = frozenset(
         "UOW_SERVER_TIMING",
         "UOW_SLOW_QUERY_MS",
         "UOW_SLOW_QUERY_PARAMETERS",
+        "UOW_REPLICA_MAX_LAG",
+        "UOW_REPLICA_WAIT",
+        "UOW_REPLICA_BACKOFF",
+        "UOW_REPLICA_WINDOW",
+        "UOW_REPLICA_COOKIE",
     }
 )
 
@@ -42,6 +47,7 @@ _RESERVED_SESSION_OPTIONS = {
     "class_": "flask_uow's session class routes statements by bind key",
     "engines": "flask_uow passes the engines of 'UOW_ENGINES' itself",
     "uow_unit": "flask_uow ties each session to its unit of work itself",
+    "uow_route": "flask_uow routes each session to replicas itself",
 }
 
 _NO_AUTOCOMMIT = (

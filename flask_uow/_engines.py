@@ -62,8 +62,10 @@ def create_engines(value: t.Any, instance_path: str) -> dict[str, sa.Engine]:
     return engines
 
 
-def _create_engine(name: str, value: t.Any, instance_path: str) -> sa.Engine:
-    key = f"UOW_ENGINES[{name!r}]"
+def _create_engine(
+    name: str, value: t.Any, instance_path: str, key: str | None = None
+) -> sa.Engine:
+    key = key or f"UOW_ENGINES[{name!r}]"
     if isinstance(value, (str, sa.URL)):
         options: dict[str, t.Any] = {"url": value}
     elif isinstance(value, cabc.Mapping):
@@ -183,6 +185,15 @@ def _first_table(from_: t.Any) -> sa.Table | None:
     return None
 
 
+def to_primary(session: orm.Session) -> None:
+    """Make a session that is between transactions use the primaries from
+    now on, instead of read replicas.
+    """
+    route = getattr(session, "uow_route", None)
+    if route is not None:
+        route.to_primary()
+
+
 class RoutingSession(orm.Session):
     """A session bound to the ``default`` engine that sends statements on a
     table with a ``bind_key`` to the engine of that name.
@@ -197,11 +208,14 @@ class RoutingSession(orm.Session):
         *,
         engines: cabc.Mapping[str, sa.Engine | sa.Connection],
         uow_unit: object = None,
+        uow_route: cabc.Callable[[sa.Engine], sa.Engine] | None = None,
         **kwargs: t.Any,
     ):
         self._uow_engines = engines
         #: The flask_uow unit of work this session belongs to.
         self.uow_unit = uow_unit
+        #: Replaces an engine by the one the unit uses for it (a replica).
+        self.uow_route = uow_route
         super().__init__(**kwargs)
 
     def get_bind(
@@ -218,7 +232,7 @@ class RoutingSession(orm.Session):
             key = None if table is None else bind_key_of(table)
             if key is not None:
                 try:
-                    engine = self._uow_engines[key]
+                    found = self._uow_engines[key]
                 except KeyError:
                     raise sa_exc.UnboundExecutionError(
                         f"Table {table.name!r} has bind_key {key!r}, but"  # type: ignore[union-attr]
@@ -226,9 +240,33 @@ class RoutingSession(orm.Session):
                         f" UOW_ENGINES[{key!r}] = '<database URL>' to the config,"
                         " or correct the table's bind_key."
                     ) from None
-                return self.uow_begin.get(engine, engine)
-        chosen = super().get_bind(mapper, clause=clause, bind=bind, **kwargs)
-        return self.uow_begin.get(chosen, chosen)
+                return self._uow_routed(found)
+        return self._uow_routed(
+            super().get_bind(mapper, clause=clause, bind=bind, **kwargs)
+        )
+
+    def _uow_routed(self, bind: sa.Engine | sa.Connection) -> sa.Engine | sa.Connection:
+        # A replica for a safe unit first, then the copy of the engine that
+        # begins SQLite transactions in the unit's mode (see _sqlite).
+        if self.uow_route is not None and isinstance(bind, sa.Engine):
+            bind = self.uow_route(bind)
+        return self.uow_begin.get(bind, bind)
+
+    def uow_describe(self, connection: sa.Connection) -> tuple[str | None, str]:
+        """The ``UOW_ENGINES`` name of the engine *connection* belongs to, and
+        its role: ``"primary"`` or ``"replica"``.
+        """
+        # A SQLite engine may reach the session as a copy that shares its pool.
+        pool = connection.engine.pool
+        for name, bind in self._uow_engines.items():
+            if bind is connection or getattr(bind, "pool", None) is pool:
+                return name, "primary"
+        replicas = getattr(self.uow_route, "replicas", None)
+        if replicas is not None:
+            label = replicas.label_of(connection.engine)
+            if label is not None:
+                return t.cast("tuple[str | None, str]", label)
+        return None, "primary"
 
     def commit(self) -> None:
         """Commit, unless a ``uow.transaction()`` block is open.

@@ -38,6 +38,11 @@ from ._recording import Insight
 from ._recovery import install_cli
 from ._recovery import recover
 from ._recovery import Resolution
+from ._replica_config import DEFAULTS as REPLICA_DEFAULTS
+from ._replica_config import split_replicas
+from ._replica_hooks import install as install_replicas
+from ._replicas import create_replicas
+from ._replicas import PRIMARY_MARK
 from ._retry import is_transient_error
 from ._sqlite import check_begin_mode
 from ._streaming import install as install_streaming
@@ -135,14 +140,23 @@ class UnitOfWork(RequestHelpers, ModelMethods):
         app.config.setdefault("UOW_RETRY_DELAY", 0.05)
         app.config.setdefault("UOW_RETRY_MAX_DELAY", 2.0)
         app.config.setdefault("UOW_TWO_PHASE", False)
+        for key, value in REPLICA_DEFAULTS.items():
+            app.config.setdefault(key, value)
         check_config(app.config)
         query_settings = read_settings(app)
         options = session_options(app.config["UOW_SESSION_OPTIONS"])
-        engines = create_engines(app.config.get("UOW_ENGINES"), app.instance_path)
+        entries, listed = split_replicas(app.config.get("UOW_ENGINES"))
+        engines = create_engines(entries, app.instance_path)
+        try:
+            replicas = create_replicas(app, engines, listed, entries)
+        except BaseException:
+            _dispose_engines(engines.values())
+            raise
+        all_engines = [*engines.values(), *(replicas.engines() if replicas else ())]
         try:
             two_phase = check_two_phase(app.config["UOW_TWO_PHASE"], engines)
         except (TypeError, ValueError):
-            _dispose_engines(engines.values())
+            _dispose_engines(all_engines)
             raise
         try:
             factory: orm.sessionmaker[orm.Session] = orm.sessionmaker(
@@ -150,7 +164,7 @@ class UnitOfWork(RequestHelpers, ModelMethods):
             )
             factory().close()  # Reject unknown session options now, not mid-request.
         except (TypeError, ValueError, sa_exc.ArgumentError) as e:
-            _dispose_engines(engines.values())
+            _dispose_engines(all_engines)
             raise session_options_error(e) from e
         state = State(
             engines,
@@ -159,6 +173,9 @@ class UnitOfWork(RequestHelpers, ModelMethods):
             lambda: self._commit_veto,
             lambda: self._retry_classifier,
         )
+        if replicas is not None:
+            state.replicas = replicas
+            install_replicas(app, state, replicas)  # Before install: see there.
         # Before install, so that the Server-Timing hook sees the commit's work.
         self._insight.install(app, state, query_settings)
         install(app, state)
@@ -170,7 +187,7 @@ class UnitOfWork(RequestHelpers, ModelMethods):
         self._states[app] = state
         app.extensions["uow"] = self
         app.shell_context_processor(self._shell_context)
-        weakref.finalize(app, _dispose_engines, list(engines.values()))
+        weakref.finalize(app, _dispose_engines, all_engines)
 
     def _shell_context(self) -> dict[str, t.Any]:
         return {"uow": self, **self._models.shell_context()}
@@ -208,6 +225,24 @@ class UnitOfWork(RequestHelpers, ModelMethods):
     def engines(self) -> cabc.Mapping[str, sa.Engine]:
         """The current app's engines by name, from ``UOW_ENGINES`` (read-only)."""
         return types.MappingProxyType(self._state()[1].engines)
+
+    @property
+    def replica_engines(self) -> cabc.Mapping[str, tuple[sa.Engine, ...]]:
+        """The current app's read replica engines, by the name of the engine
+        they replicate (read-only; engines without replicas are absent). See
+        :doc:`/replicas`.
+
+        .. versionadded:: 0.1
+        """
+        replicas = self._state()[1].replicas
+        if replicas is None:
+            return types.MappingProxyType({})
+        return types.MappingProxyType(
+            {
+                group.name: tuple(r.engine for r in group.replicas)
+                for group in replicas.groups.values()
+            }
+        )
 
     @property
     def engine(self) -> sa.Engine:
@@ -272,8 +307,12 @@ class UnitOfWork(RequestHelpers, ModelMethods):
         :param close: Close the pooled connections (the default), or only
             forget them.
         """
-        for engine in self._state(app)[1].engines.values():
+        state = self._state(app)[1]
+        for engine in state.engines.values():
             engine.dispose(close=close)
+        if state.replicas is not None:
+            for engine in state.replicas.engines():
+                engine.dispose(close=close)
 
     def recover(
         self, app: Flask | None = None, *, dry_run: bool = False
@@ -346,6 +385,32 @@ class UnitOfWork(RequestHelpers, ModelMethods):
             return view(*args, **kwargs)
 
         return wrapper
+
+    def primary(self, view: cabc.Callable[P, R]) -> cabc.Callable[P, R]:
+        """Decorate a view whose unit of work must use the primary database
+        even for GET, HEAD and OPTIONS requests, which otherwise read from a
+        read replica (see :doc:`/replicas`). Use it on views that write, or
+        that must read the very latest data. Its ``before_request`` hooks use
+        the primary too. The view itself is returned, marked, so the order
+        with ``@app.get`` does not matter; on a class-based view, list it in
+        the class's ``decorators``.
+
+        .. code-block:: python
+
+            @app.get("/visit")
+            @uow.primary
+            def visit():
+                uow.session.add(Visit())
+                return "counted"
+
+        Without replicas it changes nothing.
+
+        :param view: The view function.
+
+        .. versionadded:: 0.1
+        """
+        setattr(view, PRIMARY_MARK, True)
+        return view
 
     def transaction(
         self,

@@ -26,6 +26,7 @@ from ._sqlite import begin_binds
 
 if t.TYPE_CHECKING:
     from ._recording import UnitQueries
+    from ._replicas import Replicas
     from ._transaction import Frame
     from .testing import Isolation
 
@@ -180,6 +181,8 @@ class State:
         self.key = f"flask_uow.unit.{next(_state_numbers)}"
         #: The units whose session is open, for test isolation to find.
         self.open_units: set[Unit] = set()
+        #: The read replicas of the app's engines, if it has any.
+        self.replicas: Replicas | None = None
 
     def unit(self, app: Flask) -> Unit:
         """The current unit of work of *app*, created if there is none yet."""
@@ -195,7 +198,8 @@ class State:
         session = unit.session
         if session is None:
             if self.isolation is None:
-                session = self.factory(uow_unit=unit)
+                route = None if self.replicas is None else self.replicas.route(app)
+                session = self.factory(uow_unit=unit, uow_route=route)
                 if self.begin_binds is not None:
                     session.uow_begin = self.begin_binds.for_unit(self.key, unit)  # type: ignore[attr-defined]
             else:

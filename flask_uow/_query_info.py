@@ -66,6 +66,9 @@ class QueryRecord:
     #: The rows the statement returned or changed, when the driver knows
     #: (``None`` when it reports -1).
     rowcount: int | None
+    #: Which server of the engine ran it: ``"primary"``, or ``"replica"`` for
+    #: a read replica of it (see :doc:`replicas`).
+    role: str = "primary"
 
     @property
     def duration(self) -> float:

@@ -142,8 +142,15 @@ class Recorder:
         """Attach the listeners when they are needed, remove them when not."""
         needed = self.settings.always or bool(self.insight.captures)
         if needed and not self.listeners:
-            for name, engine in self.state.engines.items():
-                for ident, fn in self.make_listeners(name):
+            servers = [(e, n, "primary") for n, e in self.state.engines.items()]
+            if self.state.replicas is not None:
+                servers += [
+                    (engine, name, role)
+                    for engine, (name, role) in self.state.replicas.labels.items()
+                    if role == "replica"
+                ]
+            for engine, name, role in servers:
+                for ident, fn in self.make_listeners(name, role):
                     sa.event.listen(engine, ident, fn)
                     self.listeners.append((engine, ident, fn))
         elif not needed and self.listeners:
@@ -162,7 +169,7 @@ class Recorder:
             unit.queries = UnitQueries(self.settings.record)
         return unit.queries
 
-    def make_listeners(self, name: str) -> list[tuple[str, t.Any]]:
+    def make_listeners(self, name: str, role: str) -> list[tuple[str, t.Any]]:
         settings = self.settings
         captures = self.insight.captures
 
@@ -220,6 +227,7 @@ class Recorder:
                 describe(call_site()),
                 name,
                 None if rowcount is None or rowcount < 0 else rowcount,
+                role,
             )
             if keep:
                 queries.records.append(record)  # type: ignore[union-attr]

@@ -17,6 +17,7 @@ import sqlalchemy.orm as orm
 from flask import Flask
 
 from ._aborted import savepoint_failed
+from ._engines import to_primary
 from ._lifecycle import rollback_quietly
 from ._lifecycle import run_callbacks
 from ._lifecycle import State
@@ -212,6 +213,7 @@ class TransactionBlock:
             frame = Frame(self, app, unit, session, session.begin_nested())
         else:
             self._end_prior_work(unit, session)
+            to_primary(session)
             frame = Frame(self, app, unit, session, None)
             binds = state.begin_binds
             if binds is not None:

@@ -13,7 +13,9 @@ from blinker import Namespace
 _signals = Namespace()
 
 #: A database transaction began on a connection: once per connection per
-#: transaction. Keywords: ``session``, ``connection``.
+#: transaction. Keywords: ``session``, ``connection``, ``engine`` (its name in
+#: ``UOW_ENGINES``) and ``role`` (``"primary"``, or ``"replica"`` for a read
+#: replica).
 after_begin = _signals.signal("flask-uow.after-begin")
 
 #: The outermost transaction is about to COMMIT, after its final flush.

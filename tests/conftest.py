@@ -20,6 +20,7 @@ from flask import has_request_context
 from flask_uow import UnitOfWork
 
 from .models import metadata
+from .pgcluster import Cluster
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -233,3 +234,18 @@ def make_app(
 def flask_app(make_app: AppFactory) -> Flask:
     """An app set up with ``uow`` on the test database."""
     return make_app()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> cabc.Iterator[Cluster]:
+    """A PostgreSQL primary and a streaming replica for the whole run, started
+    when a test first needs them. If they cannot start, those tests fail.
+    """
+    try:
+        cluster = Cluster.start()
+    except Exception as e:  # pragma: no cover - only when the servers break
+        pytest.fail(f"Could not start a PostgreSQL primary and replica: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
