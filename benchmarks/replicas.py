@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import dataclasses
-import gc
 import random
-import statistics
 import time
 import typing as t
 
@@ -24,6 +22,7 @@ from .apps import add_routes
 from .apps import create_tables
 from .apps import SEED_ROWS
 from .requests import request_runner
+from .requests import time_runners
 
 DATABASE = "bench_replicas"
 COOKIE = "uow_ryw"
@@ -91,26 +90,6 @@ def token(app: Flask, lsn: int) -> str:
     return serializer.dumps({"lsn": {"default": lsn}, "until": {}})
 
 
-def time_cases(
-    runners: dict[str, cabc.Callable[[], None]], rounds: int, per_round: int
-) -> dict[str, float]:
-    """Median microseconds per request of each case, interleaved by round."""
-    for call in runners.values():
-        for _ in range(per_round):
-            call()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    order = list(runners.items())
-    for round_ in range(rounds):
-        gc.collect()
-        shift = round_ % len(order)
-        for name, call in order[shift:] + order[:shift]:
-            start = time.perf_counter_ns()
-            for _ in range(per_round):
-                call()
-            samples[name].append((time.perf_counter_ns() - start) / per_round / 1000)
-    return {name: statistics.median(s) for name, s in samples.items()}
-
-
 def commits(cluster: Cluster) -> tuple[int, int]:
     query = f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{DATABASE}'"
     return int(cluster.primary.scalar(query)), int(cluster.replica.scalar(query))
@@ -172,7 +151,7 @@ def run(rounds: int, per_round: int, share_requests: int) -> Result:
             cookie = {"old": old, "future": future}.get(kind or "")
             header = None if cookie is None else f"{COOKIE}={cookie}"
             runners[name] = request_runner(app, method, path, cookie=header)
-        medians = time_cases(runners, rounds, per_round)
+        medians = time_runners(runners, rounds, per_round)
         for app, uow in apps.values():
             uow.dispose_engines(app)
         cluster.wait_replayed()

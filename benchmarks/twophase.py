@@ -8,10 +8,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import contextlib
 import dataclasses
-import gc
 import pathlib
-import statistics
-import time
 import typing as t
 import warnings
 
@@ -21,6 +18,7 @@ from flask import Flask
 from flask_uow import UnitOfWork
 
 from .requests import request_runner
+from .requests import time_runners
 
 TABLES = {
     key: sa.Table(
@@ -109,21 +107,7 @@ def run(folder: pathlib.Path, rounds: int, per_round: int) -> TwoPhaseResult:
             name: request_runner(app, "POST", "/transfer")
             for name, (app, _) in built.items()
         }
-        for call in calls.values():
-            for _ in range(per_round):
-                call()
-        samples: dict[str, list[float]] = {name: [] for name in calls}
-        order = list(calls.items())
-        for round_ in range(rounds):
-            gc.collect()
-            shift = round_ % len(order)
-            for name, call in order[shift:] + order[:shift]:
-                start = time.perf_counter_ns()
-                for _ in range(per_round):
-                    call()
-                samples[name].append(
-                    (time.perf_counter_ns() - start) / per_round / 1000
-                )
+        medians = time_runners(calls, rounds, per_round)
         for app, uow in built.values():
             uow.dispose_engines(app)
         rows = {}
@@ -138,5 +122,4 @@ def run(folder: pathlib.Path, rounds: int, per_round: int) -> TwoPhaseResult:
                     sa.text("SELECT count(*) FROM pg_prepared_xacts")
                 ).scalar_one()
             engine.dispose()
-    medians = {name: statistics.median(s) for name, s in samples.items()}
     return TwoPhaseResult(medians, rows, prepared_left)

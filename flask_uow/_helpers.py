@@ -75,7 +75,7 @@ class RequestHelpers:
         :param ident: The primary key.
         :param description: The description of the 404 error.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return get_or_404(self.session, entity, ident, description)
 
@@ -88,7 +88,7 @@ class RequestHelpers:
         :param statement: A ``select()``.
         :param description: The description of the 404 error.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return first_or_404(self.session, statement, description)
 
@@ -102,7 +102,7 @@ class RequestHelpers:
         :param statement: A ``select()``.
         :param description: The description of the 404 error.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return one_or_404(self.session, statement, description)
 
@@ -140,7 +140,7 @@ class RequestHelpers:
             :attr:`~flask_uow.Pagination.total` and
             :attr:`~flask_uow.Pagination.pages`.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return Pagination(
             self.session,

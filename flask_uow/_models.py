@@ -175,7 +175,7 @@ class ModelMethods:
 
         :raise RuntimeError: No metadata was given for the default engine.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return self._models.metadata
 
@@ -187,7 +187,7 @@ class ModelMethods:
         holds tables for several engines, or several hold tables for one, its
         entry is a new ``MetaData`` with copies of those tables.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return self._models.metadatas
 
@@ -195,7 +195,7 @@ class ModelMethods:
         """The bind keys of :attr:`metadatas` other than the default engine's,
         sorted. Flask-Migrate's multi-database ``env.py`` migrates these.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return self._models.bind_names()
 
@@ -208,7 +208,7 @@ class ModelMethods:
         :raise RuntimeError: ``UOW_ENGINES`` has no such engine, or there is
             no application context.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return _engine(self.engines, _key(bind))
 
@@ -220,7 +220,7 @@ class ModelMethods:
         :raise RuntimeError: A bind key has no engine in ``UOW_ENGINES``, or
             there is no application context.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         self._models.create_all(self.engines)
 
@@ -228,6 +228,6 @@ class ModelMethods:
         """Drop the tables of :attr:`metadatas` that exist, each on the engine
         of its bind key, as :meth:`create_all` creates them.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         self._models.drop_all(self.engines)

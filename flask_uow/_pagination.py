@@ -60,7 +60,7 @@ class Pagination:
     methods of Flask-SQLAlchemy's pagination object. Iterating over it
     iterates over :attr:`items`.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     def __init__(
