@@ -314,6 +314,9 @@ class PartialCommitLog:
     def before_commit(self, session: orm.Session) -> None:
         if session.in_nested_transaction():
             return
+        # SQLAlchemy 2.0 sends before_commit before its final flush: flush
+        # now, so that the engines the flush writes to are counted.
+        session.flush()
         connections = connections_by_name(session, self.names)
         if len(connections) < 2:
             return
