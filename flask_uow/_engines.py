@@ -149,6 +149,14 @@ def _sqlite_defaults(
     return url.set(database=os.path.join(instance_path, database))
 
 
+def same_engine(known: t.Any, engine: sa.Engine) -> bool:
+    """Whether *engine* is *known*, or a copy of it made with
+    ``execution_options()`` that shares its pool (SQLite engines reach
+    sessions as such copies, see ``_sqlite``).
+    """
+    return known is engine or getattr(known, "pool", None) is engine.pool
+
+
 def bind_key_of(table: sa.Table) -> str | None:
     """The ``bind_key`` of a table: its own ``info``, else its metadata's."""
     key = table.info.get("bind_key")
@@ -256,10 +264,8 @@ class RoutingSession(orm.Session):
         """The ``UOW_ENGINES`` name of the engine *connection* belongs to, and
         its role: ``"primary"`` or ``"replica"``.
         """
-        # A SQLite engine may reach the session as a copy that shares its pool.
-        pool = connection.engine.pool
         for name, bind in self._uow_engines.items():
-            if bind is connection or getattr(bind, "pool", None) is pool:
+            if bind is connection or same_engine(bind, connection.engine):
                 return name, "primary"
         replicas = getattr(self.uow_route, "replicas", None)
         if replicas is not None:

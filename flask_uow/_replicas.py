@@ -21,6 +21,7 @@ from flask import request
 
 from ._config import describe_url
 from ._engines import _create_engine as create_engine
+from ._engines import same_engine
 from ._lifecycle import unit_store
 from ._positions import Cookie
 from ._positions import has_wal
@@ -138,7 +139,7 @@ class Replicas:
         sharing its pool (SQLite engines reach sessions as such copies).
         """
         for primary, group in self.groups.items():
-            if primary is engine or primary.pool is engine.pool:
+            if same_engine(primary, engine):
                 return group
         return None
 
@@ -146,9 +147,10 @@ class Replicas:
         """What *bind* is, (engine name, role), also for a copy of an engine
         that shares its pool; ``None`` for a bind that is neither.
         """
-        pool = getattr(bind, "pool", None)
+        if not isinstance(bind, sa.Engine):
+            return None
         for engine, label in self.labels.items():
-            if engine is bind or (pool is not None and engine.pool is pool):
+            if same_engine(engine, bind):
                 return label
         return None
 

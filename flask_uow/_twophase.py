@@ -34,6 +34,8 @@ from flask import current_app
 from flask import has_app_context
 from sqlalchemy.dialects import postgresql
 
+from ._engines import same_engine
+
 if t.TYPE_CHECKING:
     from ._lifecycle import State
 
@@ -101,12 +103,10 @@ def name_of(names: cabc.Mapping[sa.Engine, str], engine: sa.Engine) -> str | Non
     session uses copies made with ``execution_options()`` (see ``_sqlite``),
     which share the engine's pool.
     """
-    name = names.get(engine)
-    if name is None:
-        for known, known_name in names.items():
-            if known.pool is engine.pool:
-                return known_name
-    return name
+    for known, name in names.items():
+        if same_engine(known, engine):
+            return name
+    return None
 
 
 def sqlstate(exc: BaseException) -> str | None:
