@@ -23,8 +23,10 @@ import typing as t
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
-from flask import has_request_context
-from flask import request
+import sqlalchemy.orm as orm
+
+if t.TYPE_CHECKING:
+    from ._unit import Unit
 
 #: The begin modes a transaction may ask for, as SQLite names them.
 BEGIN_MODES = ("deferred", "immediate", "exclusive")
@@ -183,7 +185,7 @@ def configure(engine: sa.Engine, settings: Settings) -> None:
 class BeginBinds:
     """For one app's SQLite engines, the engine a session uses for each way a
     transaction may begin; a session holds one such mapping at a time (see
-    ``RoutingSession.uow_begin``). Deferred is the engine itself.
+    ``UnitSession.uow_begin``). Deferred is the engine itself.
     """
 
     def __init__(self, engines: cabc.Iterable[sa.Engine]) -> None:
@@ -195,18 +197,19 @@ class BeginBinds:
         }
         self.variants["deferred"] = _EMPTY
 
-    def for_unit(self, key: str, unit: object) -> cabc.Mapping[sa.Engine, sa.Engine]:
-        """The engines of a new unit of work: write transactions for the unit of
-        a request whose method is not safe, deferred ones for the others (safe
-        requests, CLI commands, jobs), which may only read.
+    def opened(self, unit: Unit, session: orm.Session) -> None:
+        """The ``opened`` hook of the app's state: a new unit's session begins
+        write transactions when the unit is a request's whose method is not
+        safe, deferred ones otherwise (safe requests, CLI commands, jobs), which
+        may only read. A session joined to an outer transaction (test
+        isolation) is left alone.
         """
-        if (
-            has_request_context()
-            and request.method not in SAFE_METHODS
-            and request.environ.get(key) is unit
-        ):
-            return self.variants["write"]
-        return _EMPTY
+        if isinstance(session.bind, sa.Connection):
+            return
+        session.uow_begin_binds = self  # type: ignore[attr-defined]
+        environ = unit.environ
+        if environ is not None and environ["REQUEST_METHOD"] not in SAFE_METHODS:
+            session.uow_begin = self.variants["write"]  # type: ignore[attr-defined]
 
     def for_transaction(self, mode: str | None) -> cabc.Mapping[sa.Engine, sa.Engine]:
         """The engines of a declared transaction: *mode*, or by default each
