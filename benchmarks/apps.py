@@ -37,6 +37,12 @@ VARIANTS = (
     "uow",
     "uow-transactional",
 )
+#: flask_uow's pragmas for a SQLite file, set by the same-guarantees app too.
+SQLITE_PRAGMAS = (
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+)
 #: The variants that serve only ``/nodb``.
 NO_DATABASE = frozenset({"plain"})
 
@@ -120,15 +126,20 @@ def same_guarantees(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
     and rolls back otherwise (a failed commit rolls back and propagates);
     SQLite runs a real ``BEGIN``, so reads are inside the transaction;
     ``remove()`` at teardown. Like flask_uow's end-of-request commit, the
-    commit does not expire the objects, which stay readable after it.
+    commit does not expire the objects, which stay readable after it; and
+    SQLite gets flask_uow's default pragmas.
     """
     engine = sa.create_engine(url)
     if engine.dialect.name == "sqlite":
         # SQLAlchemy's recipe for pysqlite: the driver emits no BEGIN of its
-        # own, and the engine's begin event emits one.
+        # own, and the engine's begin event emits one. The pragmas are
+        # flask_uow's defaults for a SQLite file, so that the database does
+        # the same work (they run once per pooled connection).
         @sa.event.listens_for(engine, "connect")
         def connect(dbapi_connection: t.Any, record: t.Any) -> None:
             dbapi_connection.isolation_level = None
+            for pragma in SQLITE_PRAGMAS:
+                dbapi_connection.execute(pragma).close()
 
         @sa.event.listens_for(engine, "begin")
         def begin(conn: sa.Connection) -> None:

@@ -14,8 +14,8 @@ call (``request_runner``), the same for every variant.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import collections.abc as cabc
+import cProfile
 import dataclasses
 import gc
 import pathlib
