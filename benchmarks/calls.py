@@ -124,6 +124,31 @@ def count(call: cabc.Callable[[], None]) -> Count:
     return Count(batches, functions)
 
 
+def count_alone(url: str) -> dict[str, dict[str, Count]]:
+    """Count every kind of request on every variant against *url*, each
+    variant built alone, counted and disposed before the next is built: what
+    one app costs, whatever the others connect to process-wide signals.
+    """
+    from .apps import BUILDERS
+    from .apps import NO_DATABASE
+    from .apps import VARIANTS
+    from .requests import KINDS
+    from .requests import request_runner
+
+    counts: dict[str, dict[str, Count]] = {kind: {} for kind in KINDS}
+    for name in VARIANTS:
+        app, dispose = BUILDERS[name](url)
+        try:
+            for kind, (method, path) in KINDS.items():
+                if kind == "no database" or name not in NO_DATABASE:
+                    counts[kind][name] = count(request_runner(app, method, path))
+        finally:
+            dispose()
+        del app
+        gc.collect()
+    return counts
+
+
 def check(
     backend: str, counts: dict[str, dict[str, Count]]
 ) -> tuple[list[list[str]], list[str]]:
@@ -207,12 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ``--top``, where ``uow``'s calls go on each path.
     """
     from . import __main__ as cli
-    from .apps import BUILDERS
     from .apps import create_tables
-    from .apps import NO_DATABASE
-    from .apps import VARIANTS
-    from .requests import KINDS
-    from .requests import request_runner
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.calls")
     parser.add_argument("--top", type=int, default=0, help="functions to list")
@@ -220,19 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/calls.db"
         create_tables(url)
-        built = {name: BUILDERS[name](url) for name in VARIANTS}
-        try:
-            counts = {
-                kind: {
-                    name: count(request_runner(app, method, path))
-                    for name, (app, _) in built.items()
-                    if kind == "no database" or name not in NO_DATABASE
-                }
-                for kind, (method, path) in KINDS.items()
-            }
-        finally:
-            for _, dispose in built.values():
-                dispose()
+        counts = count_alone(url)
     rows, failures = check("SQLite", counts)
     print("\n".join(cli.table(BUDGET_HEADERS, rows)))
     if args.top:

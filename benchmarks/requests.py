@@ -108,12 +108,13 @@ def run(
     backend: str, url: str, rounds: int, per_round: int
 ) -> tuple[list[Result], bool]:
     """Count the calls of every kind of request on every variant against
-    *url*, then time them.
+    *url*, each variant alone, then time them side by side.
 
     Returns the results and whether flask_uow created no session for the
     requests that do not use the database.
     """
     create_tables(url)
+    counts = calls.count_alone(url)
     built = {name: BUILDERS[name](url) for name in VARIANTS}
     try:
         runners = {
@@ -128,10 +129,6 @@ def run(
         for _ in range(200):
             runners["no database"]["uow"]()
         no_session = live_sessions() == before
-        counts = {
-            kind: {name: calls.count(call) for name, call in variants.items()}
-            for kind, variants in runners.items()
-        }
         results = []
         for kind, variants in runners.items():
             medians = time_runners(variants, rounds, per_round)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import os
-import types
 import typing as t
 
 import sqlalchemy as sa
@@ -151,8 +150,8 @@ def _sqlite_defaults(
 
 def same_engine(known: t.Any, engine: sa.Engine) -> bool:
     """Whether *engine* is *known*, or a copy of it made with
-    ``execution_options()`` that shares its pool (SQLite engines reach
-    sessions as such copies, see ``_sqlite``).
+    ``execution_options()`` that shares its pool (as an app may pass to a
+    session itself).
     """
     return known is engine or getattr(known, "pool", None) is engine.pool
 
@@ -203,12 +202,11 @@ class RoutingSession(orm.Session):
 
     #: Replaces an engine by the one the unit uses for it (a replica).
     uow_route: cabc.Callable[[sa.Engine], sa.Engine] | None = None
-    #: The SQLite begin modes of the app (``_sqlite.BeginBinds``), if any.
-    uow_begin_binds: t.Any = None
-    #: For each SQLite engine, the copy of it that begins transactions the
-    #: way the session's next transaction must begin (see
-    #: ``_sqlite.BeginBinds``). Set it between transactions.
-    uow_begin: cabc.Mapping[t.Any, sa.Engine] = types.MappingProxyType({})
+    #: The SQLite begin modes of the app (``_sqlite.BeginModes``), if any.
+    uow_begin_modes: t.Any = None
+    #: How the session's next transaction begins on SQLite engines (see
+    #: ``_sqlite.BeginModes``); ``None`` for deferred.
+    uow_begin_mode: str | None = None
     #: The bind key of each mapper's table, as statements find it; shared by
     #: the sessions of one sessionmaker (see :func:`bind_key_cache`).
     _uow_keys: dict[t.Any, str | None] = {}
@@ -260,11 +258,10 @@ class RoutingSession(orm.Session):
         )
 
     def _uow_routed(self, bind: sa.Engine | sa.Connection) -> sa.Engine | sa.Connection:
-        # A replica for a safe unit first, then the copy of the engine that
-        # begins SQLite transactions in the unit's mode (see _sqlite).
+        # A replica for the unit of a safe request.
         if self.uow_route is not None and isinstance(bind, sa.Engine):
-            bind = self.uow_route(bind)
-        return self.uow_begin.get(bind, bind)
+            return self.uow_route(bind)
+        return bind
 
     def uow_describe(self, connection: sa.Connection) -> tuple[str | None, str]:
         """The ``UOW_ENGINES`` name of the engine *connection* belongs to, and

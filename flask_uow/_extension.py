@@ -44,7 +44,7 @@ from ._replica_config import split_replicas
 from ._replicas import create_replicas
 from ._replicas import Replicas
 from ._retry import is_transient_error
-from ._sqlite import begin_binds
+from ._sqlite import begin_modes
 from ._state import current_app_and_state
 from ._state import State
 from ._state import unknown_app
@@ -153,9 +153,10 @@ class UnitOfWork(
         state = State(app, engines, factory, app.config, self)
         # Each capability sets itself up; the order matters only where a
         # comment says so.
-        binds = begin_binds(engines.values())
-        if binds is not None:
-            state.opened.append(binds.opened)
+        modes = begin_modes(engines.values())
+        if modes is not None:  # Before the lifecycle: see BeginModes.after_begin.
+            state.opened.append(modes.opened)
+            sa.event.listen(factory, "after_begin", modes.after_begin)
         if replicas is not None:
             self._replicas[app] = replicas
             # Before the lifecycle: after_request functions run in reverse,

@@ -28,6 +28,7 @@ from ._retry import is_disconnect
 from ._retry import lost_connection
 from ._state import State
 from ._unit import Frame
+from ._unit import KEEP
 from ._unit import Unit
 
 P = t.ParamSpec("P")
@@ -109,10 +110,11 @@ class TransactionBlock:
             if route is not None:  # From now on, the primaries.
                 route.to_primary()
             frame = Frame(self, app, unit, session, None)
-            binds = getattr(session, "uow_begin_binds", None)
-            if binds is not None:
-                frame.outer_begin = session.uow_begin  # type: ignore[attr-defined]
-                session.uow_begin = binds.for_transaction(self.sqlite_begin)  # type: ignore[attr-defined]
+            if getattr(session, "uow_begin_modes", None) is not None:
+                # SQLite: an outermost transaction takes the write lock at
+                # once unless told otherwise; later ones begin as the unit's.
+                frame.outer_begin = session.uow_begin_mode  # type: ignore[attr-defined]
+                session.uow_begin_mode = self.sqlite_begin or "write"  # type: ignore[attr-defined]
             # A session joined to an outer transaction (test isolation) cannot
             # change the isolation level that transaction began with.
             if self.isolation_level is not None and not isinstance(
@@ -227,8 +229,8 @@ class TransactionBlock:
 
 def _restore_begin(frame: Frame) -> None:
     """The outermost transaction has ended: later ones begin as the unit's."""
-    if frame.outer_begin is not None:
-        frame.session.uow_begin = frame.outer_begin  # type: ignore[attr-defined]
+    if frame.outer_begin is not KEEP:
+        frame.session.uow_begin_mode = frame.outer_begin  # type: ignore[attr-defined]
 
 
 def before_retry(

@@ -16,6 +16,8 @@ if t.TYPE_CHECKING:
     from ._changes import ChangeSet
     from ._query_info import UnitQueries
 
+#: :attr:`Frame.outer_begin` when the transaction left the begin mode alone.
+KEEP = object()
 #: A connection a savepoint began on, and the savepoint's name there.
 Savepoint = tuple[sa.Connection, str]
 Callback = cabc.Callable[[], object]
@@ -128,4 +130,4 @@ class Frame:
         self.doomed: BaseException | None = None
         #: How the session began transactions on SQLite before this outermost
         #: transaction; put back when it ends.
-        self.outer_begin: t.Any = None
+        self.outer_begin: t.Any = KEEP
