@@ -220,7 +220,9 @@ def uow_transactional(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
     after_commit.connect(count_changes, app, weak=False)
 
     def dispose() -> None:
-        after_commit.disconnect(count_changes, app)
+        # Without a sender: blinker then forgets the receiver altogether, so
+        # that the apps built after this one see no receiver of the signal.
+        after_commit.disconnect(count_changes)
         unit_of_work.dispose_engines(app)
 
     return app, dispose
