@@ -97,7 +97,18 @@ def install(app: Flask, state: State) -> None:
             if key in store:
                 end_unit(app, state, store, store[key])
 
+    original_ensure_sync = app.ensure_sync
+    synchronous = frozenset({finish_request, close_context_unit})
+
+    def ensure_sync(func: t.Any) -> t.Any:
+        # Flask inspects every hook, on every call, for a coroutine function;
+        # flask_uow's own hooks are known to be synchronous.
+        if func in synchronous:
+            return func
+        return original_ensure_sync(func)
+
     listen(state.factory)
+    app.ensure_sync = ensure_sync  # type: ignore[method-assign]
     app.wsgi_app = wsgi_app  # type: ignore[method-assign]
     app.after_request(finish_request)
     app.teardown_appcontext(close_context_unit)

@@ -43,22 +43,22 @@ def install(app: Flask, state: State) -> None:
     key = state.key
 
     def process_response(response: Response) -> Response:
-        ctx = _cv_request.get(None)
-        if ctx is None or key not in ctx.request.environ:
-            return original(response)  # Not a request the app handles.
-        environ = ctx.request.environ
-        unit: Unit | None = environ[key]
-        if unit is not None and unit.held is not None:
-            forget_stream(unit)  # Only the last response finalized counts.
         response = original(response)
-        unit = environ.get(key)
-        if (
-            unit is not None
-            and unit.session is not None
-            and type(response.response) is not list  # Streamed, or may be.
-            and response.is_streamed
-        ):
-            unit.held = end_with(app, state, unit, response)
+        ctx = _cv_request.get(None)
+        if ctx is not None:
+            environ = ctx.request.environ
+            unit: Unit | None = environ[key] if key in environ else None
+            if unit is not None:
+                if unit.held is not None:
+                    # Only the last response finalized counts: an earlier
+                    # one was not sent (a request_finished receiver raised).
+                    forget_stream(unit)
+                if (
+                    unit.session is not None
+                    and type(response.response) is not list  # Streamed, or may be.
+                    and response.is_streamed
+                ):
+                    unit.held = end_with(app, state, unit, response)
         return response
 
     app.process_response = process_response  # type: ignore[method-assign]
