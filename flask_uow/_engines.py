@@ -18,6 +18,7 @@ from ._config import scrub
 from ._config import secrets_of
 from ._sqlite import configure
 from ._sqlite import is_configurable
+from ._sqlite import is_configured
 from ._sqlite import pop_settings
 
 _URL_HELP = (
@@ -65,6 +66,8 @@ def _create_engine(
     name: str, value: t.Any, instance_path: str, key: str | None = None
 ) -> sa.Engine:
     key = key or f"UOW_ENGINES[{name!r}]"
+    if isinstance(value, sa.Engine):
+        return _adopt(key, value)
     if isinstance(value, (str, sa.URL)):
         options: dict[str, t.Any] = {"url": value}
     elif isinstance(value, cabc.Mapping):
@@ -104,6 +107,18 @@ def _create_engine(
         raise
     if is_configurable(engine):
         configure(engine, sqlite)
+    return engine
+
+
+def _adopt(key: str, engine: sa.Engine) -> sa.Engine:
+    """An engine the app made itself, used as it is; SQLite's transactions
+    begin as in flask_uow's own engines (once per engine), except on an
+    in-memory database shared through one connection (``StaticPool``), where
+    a transaction begun by one session would block every other session.
+    """
+    shared = isinstance(engine.pool, sa.StaticPool)
+    if is_configurable(engine) and not shared and not is_configured(engine):
+        configure(engine, pop_settings(key, {}, engine.url))
     return engine
 
 

@@ -141,7 +141,13 @@ class UnitOfWork(
             app.config.setdefault(key, value)
         check_config(app.config)
         query_settings = read_settings(app)
-        options = session_options(app.config["UOW_SESSION_OPTIONS"])
+        options = dict(app.config["UOW_SESSION_OPTIONS"])
+        session_class = options.get("class_")
+        if isinstance(session_class, type) and issubclass(session_class, RoutingSession):
+            del options["class_"]  # flask_uow's own class, or a subclass.
+        else:
+            session_class = RoutingSession
+        options = session_options(options)
         entries, listed = split_replicas(app.config.get("UOW_ENGINES"))
         engines = create_engines(entries, app.instance_path)
         created = list(engines.values())
@@ -149,7 +155,7 @@ class UnitOfWork(
             replicas = create_replicas(app, engines, listed, entries)
             created += replicas.engines() if replicas else ()
             two_phase = check_two_phase(app.config["UOW_TWO_PHASE"], engines)
-            factory = _sessionmaker(engines, options)
+            factory = _sessionmaker(engines, options, session_class)
         state = State(app, engines, factory, app.config, self)
         # Each capability sets itself up; the order matters only where a
         # comment says so.
@@ -248,14 +254,16 @@ def _disposed_on_error(engines: list[sa.Engine]) -> cabc.Iterator[None]:
 
 
 def _sessionmaker(
-    engines: dict[str, sa.Engine], options: dict[str, t.Any]
+    engines: dict[str, sa.Engine],
+    options: dict[str, t.Any],
+    session_class: type[RoutingSession] = RoutingSession,
 ) -> orm.sessionmaker[orm.Session]:
     """The app's sessionmaker; unknown session options are refused now, not
     mid-request.
     """
     try:
         factory: orm.sessionmaker[orm.Session] = orm.sessionmaker(
-            engines["default"], class_=RoutingSession, engines=engines, **options
+            engines["default"], class_=session_class, engines=engines, **options
         )
         bind_key_cache(factory)
         factory().close()

@@ -150,6 +150,11 @@ _engine_statements: weakref.WeakKeyDictionary[sa.Engine, dict[str, str]] = (
 )
 
 
+def is_configured(engine: sa.Engine) -> bool:
+    """Whether :func:`configure` was applied to *engine*."""
+    return engine in _engine_statements
+
+
 def configure(engine: sa.Engine, settings: Settings) -> None:
     """Make SQLite transactions begin when SQLAlchemy begins them, and set
     the pragmas on each new connection.
