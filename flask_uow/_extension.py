@@ -143,7 +143,9 @@ class UnitOfWork(
         query_settings = read_settings(app)
         options = dict(app.config["UOW_SESSION_OPTIONS"])
         session_class = options.get("class_")
-        if isinstance(session_class, type) and issubclass(session_class, RoutingSession):
+        if isinstance(session_class, type) and issubclass(
+            session_class, RoutingSession
+        ):
             del options["class_"]  # flask_uow's own class, or a subclass.
         else:
             session_class = RoutingSession

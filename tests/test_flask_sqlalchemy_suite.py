@@ -47,11 +47,23 @@ DELIBERATE_DIFFERENCES: dict[str, str] = {
     **{
         f"test_engine.py::test_{name}[{param}]": _MOCKED_ENGINE
         for name in ("sqlite_memory_defaults", "mysql_defaults")
-        for param in ("Model", "model_class1", "model_class2", "model_class3", "model_class4")
+        for param in (
+            "Model",
+            "model_class1",
+            "model_class2",
+            "model_class3",
+            "model_class4",
+        )
     },
     **{
         f"test_session.py::test_custom_scope[{param}]": _SCOPEFUNC
-        for param in ("Model", "model_class1", "model_class2", "model_class3", "model_class4")
+        for param in (
+            "Model",
+            "model_class1",
+            "model_class2",
+            "model_class3",
+            "model_class4",
+        )
     },
 }
 

@@ -166,7 +166,7 @@ def _model_2x(
         {"metaclass": type(model_class)},
         lambda ns: ns.update(body),
     )
-    model.metadata.info["bind_key"] = None
+    t.cast(t.Any, model).metadata.info["bind_key"] = None
     return model
 
 

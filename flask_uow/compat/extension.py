@@ -191,7 +191,8 @@ class SQLAlchemy:
 
         :raise RuntimeError: There is no application context.
         """
-        return types.MappingProxyType(self._app_engines[current_app._get_current_object()])  # type: ignore[attr-defined]
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        return types.MappingProxyType(self._app_engines[app])
 
     @property
     def engine(self) -> sa.Engine:
@@ -202,7 +203,9 @@ class SQLAlchemy:
         """The current app's engine of *bind_key*; Flask-Migrate calls it."""
         return self.engines[bind_key]
 
-    def Table(self, name: str, *args: t.Any, bind_key: str | None = None, **kwargs: t.Any) -> sa.Table:  # noqa: N802
+    def Table(
+        self, name: str, *args: t.Any, bind_key: str | None = None, **kwargs: t.Any
+    ) -> sa.Table:  # noqa: N802
         """A ``sqlalchemy.Table`` in the metadata of *bind_key*, unless a
         ``MetaData`` is given after the name.
         """
@@ -210,7 +213,9 @@ class SQLAlchemy:
             args = (self._make_metadata(bind_key), *args)
         return sa.Table(name, *args, **kwargs)
 
-    def _for_binds(self, bind_key: str | None | list[str | None], op: str, **kw: t.Any) -> None:
+    def _for_binds(
+        self, bind_key: str | None | list[str | None], op: str, **kw: t.Any
+    ) -> None:
         engines = self.engines
         if bind_key == "__all__":
             keys: list[str | None] = list(self.metadatas)
@@ -239,21 +244,32 @@ class SQLAlchemy:
         """Load the tables of each bind's database into its metadata."""
         self._for_binds(bind_key, "reflect")
 
-    def get_or_404(self, entity: type[t.Any], ident: t.Any, *, description: str | None = None, **kwargs: t.Any) -> t.Any:
+    def get_or_404(
+        self,
+        entity: type[t.Any],
+        ident: t.Any,
+        *,
+        description: str | None = None,
+        **kwargs: t.Any,
+    ) -> t.Any:
         """``session.get(entity, ident, **kwargs)``, or abort with 404."""
         value = self.session().get(entity, ident, **kwargs)
         if value is None:
             abort(404, description=description)
         return value
 
-    def first_or_404(self, statement: sa.Select[t.Any], *, description: str | None = None) -> t.Any:
+    def first_or_404(
+        self, statement: sa.Select[t.Any], *, description: str | None = None
+    ) -> t.Any:
         """The first result of *statement*, or abort with 404."""
         value = self.session().execute(statement).scalar()
         if value is None:
             abort(404, description=description)
         return value
 
-    def one_or_404(self, statement: sa.Select[t.Any], *, description: str | None = None) -> t.Any:
+    def one_or_404(
+        self, statement: sa.Select[t.Any], *, description: str | None = None
+    ) -> t.Any:
         """The only result of *statement*, or abort with 404 for none or several."""
         try:
             return self.session().execute(statement).scalar_one()

@@ -56,7 +56,7 @@ class Model:
         return f"<{type(self).__name__} {key}>"
 
 
-Model.query_class = Query  # type: ignore[misc]
+Model.query_class = Query
 Model.query = _QueryProperty()  # type: ignore[assignment]
 
 
@@ -141,7 +141,9 @@ class BindMetaMixin(type):
     bind's metadata.
     """
 
-    def __init__(cls, name: str, bases: tuple[type, ...], d: dict[str, t.Any], **kwargs: t.Any) -> None:
+    def __init__(
+        cls, name: str, bases: tuple[type, ...], d: dict[str, t.Any], **kwargs: t.Any
+    ) -> None:
         _set_metadata(cls)
         super().__init__(name, bases, d, **kwargs)
 
@@ -149,7 +151,9 @@ class BindMetaMixin(type):
 class NameMetaMixin(type):
     """Metaclass mixin: a ``__tablename__`` made from the class name."""
 
-    def __init__(cls, name: str, bases: tuple[type, ...], d: dict[str, t.Any], **kwargs: t.Any) -> None:
+    def __init__(
+        cls, name: str, bases: tuple[type, ...], d: dict[str, t.Any], **kwargs: t.Any
+    ) -> None:
         if _should_name(cls):
             cls.__tablename__ = camel_to_snake_case(cls.__name__)
         super().__init__(name, bases, d, **kwargs)

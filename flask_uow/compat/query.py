@@ -20,7 +20,8 @@ class Query(orm.Query):  # type: ignore[type-arg]
 
     def get_or_404(self, ident: t.Any, description: str | None = None) -> t.Any:
         """The row with primary key *ident*, or abort with 404."""
-        value = self.get(ident)
+        entity = self.column_descriptions[0]["entity"]
+        value = self.session.get(entity, ident, options=self._with_options)
         if value is None:
             abort(404, description=description)
         return value

@@ -35,7 +35,8 @@ class SessionProxy:
 
         :raise RuntimeError: There is no application context.
         """
-        return self._db.uow.session
+        session: orm.Session = self._db.uow.session
+        return session
 
     def remove(self) -> None:
         """Close the current unit of work's session: its objects are

@@ -1,17 +1,22 @@
 """Flask-SQLAlchemy's modification signals, sent when
-``SQLALCHEMY_TRACK_MODIFICATIONS`` is on, from flask_uow's
-:data:`~flask_uow.signals.before_commit` and
-:data:`~flask_uow.signals.after_commit`.
+``SQLALCHEMY_TRACK_MODIFICATIONS`` is on. The changes are flask_uow's (sent
+with :data:`~flask_uow.signals.before_commit`), as ``(object, operation)``
+pairs; ``models_committed`` is sent as soon as the commit returned, as
+Flask-SQLAlchemy does (flask_uow's own ``after_commit`` waits until the
+session may run SQL again).
 """
 
 from __future__ import annotations
 
 import typing as t
 
+import sqlalchemy as sa
+import sqlalchemy.orm as orm
 from blinker import Namespace
 from flask import Flask
 
 from .. import signals
+from .session import Session
 
 _signals = Namespace()
 
@@ -21,24 +26,34 @@ before_models_committed = _signals.signal("models-committed-before")
 #: Sent after a commit, with the same ``changes``.
 models_committed = _signals.signal("models-committed")
 
-
-def _pairs(changes: list[t.Any]) -> list[tuple[t.Any, str]]:
-    return [(c.instance, c.operation) for c in changes if c.instance is not None]
+_KEY = "flask_uow.compat.changes"
 
 
-def _before(sender: Flask, changes: list[t.Any], **extra: t.Any) -> None:
-    if before_models_committed.receivers:
-        before_models_committed.send(sender, changes=_pairs(changes))
+def _before(
+    sender: Flask, session: orm.Session, changes: list[t.Any], **extra: t.Any
+) -> None:
+    pairs = [(c.instance, c.operation) for c in changes if c.instance is not None]
+    session.info[_KEY] = (sender, pairs)
+    before_models_committed.send(sender, changes=pairs)
 
 
-def _after(sender: Flask, changes: list[t.Any], **extra: t.Any) -> None:
-    if models_committed.receivers:
-        models_committed.send(sender, changes=_pairs(changes))
+def _after_commit(session: orm.Session) -> None:
+    found = session.info.pop(_KEY, None)
+    if found is not None:
+        app, pairs = found
+        models_committed.send(app, changes=pairs)
+
+
+def _forget(session: orm.Session, *args: t.Any) -> None:
+    session.info.pop(_KEY, None)
+
+
+sa.event.listen(Session, "after_commit", _after_commit)
+sa.event.listen(Session, "after_soft_rollback", _forget)
 
 
 def _listen(app: Flask) -> None:
-    """Translate *app*'s commit signals. The receivers are module functions
-    and never refer to the app, which the signals hold weakly.
+    """Track *app*'s commits. The receiver is a module function and never
+    refers to the app, which the signal holds weakly.
     """
     signals.before_commit.connect(_before, app, weak=False)
-    signals.after_commit.connect(_after, app, weak=False)

@@ -23,8 +23,14 @@ def test_duplicate_username_fails(client):
 
 def test_wrong_password(client):
     client.post("/register", data={"username": "bob", "password": "b"})
-    assert client.post("/login", data={"username": "bob", "password": "x"}).status_code == 403
-    assert client.post("/login", data={"username": "nobody", "password": "x"}).status_code == 404
+    assert (
+        client.post("/login", data={"username": "bob", "password": "x"}).status_code
+        == 403
+    )
+    assert (
+        client.post("/login", data={"username": "nobody", "password": "x"}).status_code
+        == 404
+    )
 
 
 def test_notes_need_login(client):
