@@ -28,8 +28,9 @@ def make_app(
     app = Flask(__name__, instance_path=str(tmp_path / "instance"))
     app.config.update(SQLALCHEMY_DATABASE_URI=url, **config)
     db = SQLAlchemy()
+    Model: t.Any = db.Model
 
-    class TodoItem(db.Model):
+    class TodoItem(Model):  # type: ignore[misc]
         id = db.Column(db.Integer, primary_key=True)
         title = db.Column(db.String(50), nullable=False)
 
@@ -112,13 +113,14 @@ def test_api(tmp_path: t.Any) -> None:
         assert fsa.one_or_404(fsa.select(Todo).filter_by(title="t4")).id == 5
         assert Todo.query.get_or_404(2).title == "t1"
         assert Todo.query.filter_by(title="t2").one_or_404().id == 3
-        for call in (
+        calls: list[t.Callable[[], t.Any]] = [
             lambda: fsa.get_or_404(Todo, 99),
             lambda: fsa.first_or_404(fsa.select(Todo).filter_by(title="x")),
             lambda: fsa.one_or_404(fsa.select(Todo)),
             lambda: Todo.query.filter_by(title="x").first_or_404(),
             lambda: Todo.query.one_or_404(),
-        ):
+        ]
+        for call in calls:
             with pytest.raises(NotFound):
                 call()
         assert add_models_to_shell()["TodoItem"] is Todo
@@ -155,7 +157,7 @@ def test_driver_defaults(tmp_path: t.Any) -> None:
 def test_errors(tmp_path: t.Any) -> None:
     """Clear errors for what compat does not do."""
     with pytest.raises(ValueError, match="'scopefunc'"):
-        SQLAlchemy(session_options={"scopefunc": lambda: 1})
+        SQLAlchemy(session_options={"scopefunc": id})
     with pytest.raises(TypeError, match="subclass of 'flask_uow.compat"):
         SQLAlchemy(session_options={"class_": sa.orm.Session})
     app = Flask(__name__, instance_path=str(tmp_path))

@@ -20,8 +20,9 @@ class Query(orm.Query):  # type: ignore[type-arg]
 
     def get_or_404(self, ident: t.Any, description: str | None = None) -> t.Any:
         """The row with primary key *ident*, or abort with 404."""
-        entity = self.column_descriptions[0]["entity"]
-        value = self.session.get(entity, ident, options=self._with_options)
+        entity: t.Any = self.column_descriptions[0]["entity"]
+        options: t.Any = self._with_options
+        value = self.session.get(entity, ident, options=options)
         if value is None:
             abort(404, description=description)
         return value
