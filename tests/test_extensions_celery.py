@@ -1,3 +1,4 @@
+# mypy: disable-error-code="untyped-decorator"
 """Celery: a task sent from ``on_commit`` (``db.uow.on_commit`` through
 flask_uow.compat, ``uow.on_commit`` natively) runs only once the request's
 work is committed, and is never sent for a failed request. Eager mode: the

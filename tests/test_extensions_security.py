@@ -1,3 +1,4 @@
+# mypy: disable-error-code="assignment,var-annotated"
 """Flask-Security-Too: ``SQLAlchemySessionUserDatastore`` given the session
 at import time, registering and logging in through its JSON API, through
 flask_uow.compat and natively.

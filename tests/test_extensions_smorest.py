@@ -1,3 +1,4 @@
+# mypy: disable-error-code="untyped-decorator,type-arg"
 """Flask-Smorest: a blueprint whose arguments are loaded by a
 marshmallow-sqlalchemy schema with ``load_instance=True`` and the session
 handed over at import time, through flask_uow.compat and natively.
