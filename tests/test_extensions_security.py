@@ -1,7 +1,8 @@
 # mypy: disable-error-code="assignment,var-annotated"
-"""Flask-Security-Too: ``SQLAlchemySessionUserDatastore`` given the session
-at import time, registering and logging in through its JSON API, through
-flask_uow.compat and natively.
+"""Flask-Security-Too, registering and logging in through its JSON API:
+its documented Flask-SQLAlchemy setup, ``SQLAlchemyUserDatastore(db, ...)``,
+through flask_uow.compat, and ``SQLAlchemySessionUserDatastore`` given
+``uow.session`` at import time natively.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from flask_security import RoleMixin
 from flask_security import Security
 from flask_security import SQLAlchemySessionUserDatastore
+from flask_security import SQLAlchemyUserDatastore
 from flask_security import UserMixin
 
 from .conftest import Database
@@ -75,9 +77,15 @@ def setup(
 
     def before_app(session: t.Any, User: type[t.Any], ext: t.Any) -> None:
         models = held["models"]
-        held["datastore"] = SQLAlchemySessionUserDatastore(
-            session, models["User"], models["Role"]
-        )
+        if request.param == "compat":
+            # Flask-Security's documented Flask-SQLAlchemy setup.
+            held["datastore"] = SQLAlchemyUserDatastore(
+                ext, models["User"], models["Role"]
+            )
+        else:
+            held["datastore"] = SQLAlchemySessionUserDatastore(
+                session, models["User"], models["Role"]
+            )
 
     def more_models(base: t.Any, User: type[t.Any]) -> dict[str, type[t.Any]]:
         held["models"] = security_models(base, User)
