@@ -12,9 +12,11 @@ import sqlalchemy as sa
 from flask import Flask
 from werkzeug.exceptions import NotFound
 
+from flask_uow import UnitOfWork
 from flask_uow.compat import SQLAlchemy
 from flask_uow.compat.cli import add_models_to_shell
 from flask_uow.compat.model import camel_to_snake_case
+from flask_uow.compat.pagination import Pagination
 from flask_uow.compat.record_queries import get_recorded_queries
 from flask_uow.compat.session import Session
 from flask_uow.compat.track_modifications import models_committed
@@ -167,3 +169,125 @@ def test_errors(tmp_path: t.Any) -> None:
     SQLAlchemy(app)
     with pytest.raises(RuntimeError, match="already been registered"):
         SQLAlchemy(app)
+
+
+def test_models(tmp_path: t.Any) -> None:
+    """Table names, bind keys and ``repr``, for 1.x- and 2.x-style bases."""
+
+    for style, autonaming in (("1.x", True), ("2.x", True), ("2.x", False)):
+        kwargs: dict[str, t.Any] = {"disable_autonaming": not autonaming}
+        if style == "2.x":
+            kwargs["model_class"] = type("Base", (sa.orm.DeclarativeBase,), {})
+        fsa = SQLAlchemy(**kwargs)
+        Model: t.Any = fsa.Model
+
+        class Account(Model):  # type: ignore[misc]
+            __tablename__ = "account"
+            __bind_key__ = "auth"
+            id = sa.Column(sa.Integer, primary_key=True)
+            kind = sa.Column(sa.String(10))
+            __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "a"}
+
+        class AdminAccount(Account):
+            __mapper_args__ = {"polymorphic_identity": "admin"}
+
+        assert Account.metadata is fsa.metadatas["auth"]
+        assert AdminAccount.__table__ is Account.__table__
+        assert "metadata" not in AdminAccount.__dict__
+        table = fsa.Table("extra", sa.Column("id", sa.Integer), bind_key="auth")
+        assert table.metadata is fsa.metadatas["auth"]
+        if autonaming:
+
+            class OrderLine(Model):  # type: ignore[misc]
+                id = sa.Column(sa.Integer, primary_key=True)
+
+            assert OrderLine.__tablename__ == "order_line"
+        else:
+            with pytest.raises(sa.exc.InvalidRequestError):
+
+                class Unnamed(Model):  # type: ignore[misc]
+                    id = sa.Column(sa.Integer, primary_key=True)
+
+    account = Account(id=3)
+    assert repr(account) == f"<Account (transient {id(account)})>"
+    with pytest.raises(ValueError, match="several declarative bases"):
+
+        class Both(sa.orm.DeclarativeBase, sa.orm.DeclarativeBaseNoMeta):
+            pass
+
+        SQLAlchemy(model_class=Both)
+
+
+class _Numbers(Pagination):
+    def _query_items(self) -> list[int]:
+        data = list(range(self._query_args["total"]))
+        return data[self._query_offset : self._query_offset + self.per_page]
+
+    def _query_count(self) -> int:
+        return int(self._query_args["total"])
+
+
+def test_pagination_arguments() -> None:
+    """Page and size from the query string, the 404s, and the page links."""
+    app = Flask(__name__)
+    with app.test_request_context("/?page=3&per_page=7"):
+        p = _Numbers(total=50)
+        assert (p.page, p.per_page, p.first, p.last, p.pages) == (3, 7, 15, 21, 8)
+        assert list(p.iter_pages()) == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert list(_Numbers(total=500, per_page=10, page=20).iter_pages()) == [
+            1, 2, None, 18, 19, 20, 21, 22, 23, 24, None, 49, 50,
+        ]  # fmt: skip
+        assert _Numbers(total=50, page=1, per_page=500).per_page == 100
+        assert _Numbers(total=50, count=False).total is None
+    for query in ("page=x", "per_page=x", "page=0", "per_page=-1", "page=99"):
+        with app.test_request_context(f"/?{query}"):
+            with pytest.raises(NotFound):
+                _Numbers(total=5)
+            p = _Numbers(total=5, error_out=False)
+            assert p.page >= 1 and p.per_page >= 1
+    with app.test_request_context("/?page=9"):
+        empty = _Numbers(total=0, error_out=False)
+        assert (empty.first, empty.last, empty.has_next, list(empty)) == (
+            0,
+            0,
+            False,
+            [],
+        )
+
+
+def test_relationships_use_the_query_class(tmp_path: t.Any) -> None:
+    """Dynamic relationships and backrefs load with ``db.Query``; ``repr``
+    outside a context; a ``UnitOfWork`` app cannot also take compat.
+    """
+    fsa = SQLAlchemy()
+    Model: t.Any = fsa.Model
+
+    class Team(Model):  # type: ignore[misc]
+        id = sa.Column(sa.Integer, primary_key=True)
+
+    class Player(Model):  # type: ignore[misc]
+        id = sa.Column(sa.Integer, primary_key=True)
+        team_id: t.Any = sa.Column(sa.ForeignKey(Team.id))
+        team = fsa.relationship(Team, backref=fsa.backref("players", lazy="dynamic"))
+
+    Team.members = fsa.dynamic_loader(Player, viewonly=True)
+    Team.others = fsa.relationship(Player, viewonly=True, lazy="dynamic", backref="x")
+    assert repr(fsa) == "<SQLAlchemy>"
+    app = Flask(__name__, instance_path=str(tmp_path))
+    app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite://"
+    fsa.init_app(app)
+    with app.app_context():
+        fsa.create_all()
+        team = Team(id=1)
+        fsa.session.add_all([team, Player(team=team)])
+        fsa.session.flush()
+        assert isinstance(team.players, fsa.Query)
+        assert isinstance(team.members, fsa.Query)
+        assert team.players.count() == team.members.count() == 1
+    other = Flask(__name__, instance_path=str(tmp_path))
+    other.config.update(
+        UOW_ENGINES={"default": "sqlite://"}, SQLALCHEMY_DATABASE_URI="sqlite://"
+    )
+    UnitOfWork(other)
+    with pytest.raises(RuntimeError, match="already set up with a 'UnitOfWork'"):
+        SQLAlchemy(other)
