@@ -17,7 +17,9 @@ NOTES = pathlib.Path(__file__).parent.parent / "examples" / "notes"
 def test_notes_suite(
     pytester: pytest.Pytester, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The example's 7 tests pass, in random order."""
+    """The example's 7 tests pass, in random order, with pytest-flask (which
+    keeps one application context across each test's requests).
+    """
     monkeypatch.setenv("NOTES_TEST_DATABASE_URL", db.url)
     path = [str(NOTES), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, path)))
@@ -32,11 +34,6 @@ def test_notes_suite(
         str(NOTES),
         "-p",
         "no:cacheprovider",
-        # pytest-flask keeps one application context across a test's
-        # requests, where Flask-Login caches the user of an earlier unit of
-        # work; see docs/migrating.rst.
-        "-p",
-        "no:flask",
     )
     result.assert_outcomes(passed=7)
 
@@ -59,7 +56,5 @@ def test_notes_suite_in_memory(
         str(NOTES),
         "-p",
         "no:cacheprovider",
-        "-p",
-        "no:flask",
     )
     result.assert_outcomes(passed=7)

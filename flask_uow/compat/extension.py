@@ -15,6 +15,7 @@ import sqlalchemy.orm as orm
 from flask import abort
 from flask import current_app
 from flask import Flask
+from flask import g
 
 from .. import UnitOfWork
 from . import track_modifications
@@ -157,6 +158,7 @@ class SQLAlchemy:
             app.shell_context_processor(add_models_to_shell)
         if config["SQLALCHEMY_TRACK_MODIFICATIONS"]:
             track_modifications._listen(app)
+        app.teardown_request(_forget_login_user)
 
     def _make_metadata(self, bind_key: str | None) -> sa.MetaData:
         """The ``MetaData`` of *bind_key*, created with the default metadata's
@@ -339,6 +341,18 @@ class SQLAlchemy:
     if t.TYPE_CHECKING:
 
         def __getattr__(self, name: str) -> t.Any: ...
+
+
+def _forget_login_user(exc: BaseException | None) -> None:
+    """Drop the user Flask-Login cached in ``g`` when the request ends.
+
+    The user was loaded in the request's unit of work, which has ended. When
+    the application context outlives the request (pytest-flask pushes one
+    for a whole test), the next request would otherwise be handed that
+    finished unit's object, where Flask-SQLAlchemy's context-wide session
+    kept it usable; this way it loads the user in its own unit.
+    """
+    g.__dict__.pop("_login_user", None)
 
 
 def _owned_by_compat(uow: UnitOfWork) -> bool:
