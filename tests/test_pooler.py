@@ -1,0 +1,183 @@
+"""Behind PgBouncer in transaction pooling mode, with fewer server
+connections than clients (issue 21, items 1, 2 and 6): writes, SERIALIZABLE
+retries, replicas on the same pool, prepared statements, two-phase commit.
+
+Every app here reaches PostgreSQL through the pooler only; outcomes are read
+straight from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+
+from flask_uow import signals
+from flask_uow import UnitOfWork
+
+from .deploying import Answer
+from .deploying import AppFactory
+from .deploying import counter
+from .deploying import create_tables
+from .deploying import failures
+from .deploying import hammer
+from .deploying import names
+from .deploying import post_or_get
+from .deploying import posted_names
+from .pgbouncer import Pooled
+
+CLIENTS = 8
+REQUESTS = 25
+#: Client connections of each app: more than PgBouncer's server connections
+#: (POOL_SIZE), fewer than the threads, so each runs the same statements many
+#: times (psycopg 3 prepares a statement on its sixth execution).
+ENGINE = {"pool_size": 6, "max_overflow": 0}
+
+#: Two ways to be safe behind a transaction pooler: psycopg2, which prepares
+#: nothing; psycopg 3 with the engine's "pooler" setting.
+DRIVERS = [
+    pytest.param("psycopg2", {}, id="psycopg2"),
+    pytest.param("psycopg", {"pooler": "transaction"}, id="psycopg-pooler"),
+]
+
+
+@pytest.fixture
+def pooled_tables(pooled: Pooled) -> Pooled:
+    create_tables(pooled.direct)
+    return pooled
+
+
+@pytest.mark.parametrize(("driver", "options"), DRIVERS)
+def test_concurrent_writes_are_exact(
+    make_deployed_app: AppFactory,
+    pooled_tables: Pooled,
+    driver: str,
+    options: dict[str, t.Any],
+) -> None:
+    """8 threads share 3 server connections: every POST is committed exactly
+    once, no GET writes, no request fails.
+    """
+    url = pooled_tables.url(driver)
+    app = make_deployed_app({"default": {"url": url, **ENGINE, **options}})
+    answers = hammer(app, CLIENTS, REQUESTS, post_or_get)
+    assert failures(answers) == []
+    assert names(pooled_tables.direct) == posted_names(CLIENTS, REQUESTS)
+
+
+@pytest.mark.parametrize(("driver", "options"), DRIVERS)
+def test_serializable_retries_are_exact(
+    make_deployed_app: AppFactory,
+    pooled_tables: Pooled,
+    uow: UnitOfWork,
+    driver: str,
+    options: dict[str, t.Any],
+) -> None:
+    """Concurrent SERIALIZABLE increments of one row conflict and are retried
+    on whatever server connection the pooler gives: the counter ends exactly
+    at the number of successful requests.
+    """
+    url = pooled_tables.url(driver)
+    app = make_deployed_app({"default": {"url": url, **ENGINE, **options}})
+    retries: list[int] = []
+
+    def count(sender: t.Any, **extra: t.Any) -> None:
+        retries.append(extra["attempt"])
+
+    def send(client: FlaskClient, number: int, i: int) -> Answer:
+        response = client.post("/increment")
+        return Answer("POST", response.status_code, response.get_json(silent=True))
+
+    with signals.before_retry.connected_to(count, app):
+        answers = hammer(app, CLIENTS, 15, send)
+    assert failures(answers) == []
+    assert counter(pooled_tables.direct) == CLIENTS * 15
+    assert retries, "no serialization failure happened: the test proves nothing"
+
+
+def test_psycopg_prepared_statements_are_off_with_the_pooler_setting(
+    make_deployed_app: AppFactory, pooled_tables: Pooled, uow: UnitOfWork
+) -> None:
+    """With ``"pooler": "transaction"``, psycopg 3 never prepares a
+    statement: each client connection runs the same INSERT and SELECT more
+    than 5 times, under many requests, with no prepared-statement error and
+    no GET request running another client's INSERT.
+    """
+    app = make_deployed_app(
+        {"default": {"url": pooled_tables.url(), "pooler": "transaction", **ENGINE}}
+    )
+    runs: dict[int, int] = {}
+
+    def executed(conn: sa.Connection, cursor: t.Any, statement: str, *a: t.Any) -> None:
+        if statement.startswith("INSERT INTO items"):
+            key = id(conn.connection.dbapi_connection)
+            runs[key] = runs.get(key, 0) + 1
+
+    with app.app_context():
+        engine = uow.engines["default"]
+        with engine.connect() as conn:
+            threshold = conn.connection.dbapi_connection.prepare_threshold  # type: ignore[union-attr]
+    sa.event.listen(engine, "before_cursor_execute", executed)
+    answers = hammer(app, CLIENTS, REQUESTS, post_or_get)
+    assert threshold is None
+    assert max(runs.values()) > 5, "no connection ran the INSERT 6 times"
+    assert failures(answers) == []
+    assert names(pooled_tables.direct) == posted_names(CLIENTS, REQUESTS)
+
+
+@pytest.mark.parametrize("value", ["session", "transaction"])
+def test_pooler_accepted_values(
+    make_deployed_app: AppFactory, pooled_tables: Pooled, uow: UnitOfWork, value: str
+) -> None:
+    """``"session"`` (the default) keeps psycopg 3's automatic prepared
+    statements; ``"transaction"`` turns them off.
+    """
+    app = make_deployed_app({"default": {"url": pooled_tables.url(), "pooler": value}})
+    with app.app_context(), uow.engines["default"].connect() as conn:
+        threshold = conn.connection.dbapi_connection.prepare_threshold  # type: ignore[union-attr]
+    assert threshold == (5 if value == "session" else None)
+
+
+@pytest.mark.parametrize("value", ["statement", "TRANSACTION", True, None])
+def test_a_bad_pooler_value_is_refused(
+    make_deployed_app: AppFactory, pooled_tables: Pooled, value: object
+) -> None:
+    """A pooler value that is not one of the accepted strings is refused at
+    init_app, naming the key and the accepted values.
+    """
+    entry = {"url": pooled_tables.url(), "pooler": value}
+    with pytest.raises((TypeError, ValueError)) as info:
+        make_deployed_app({"default": entry})
+    message = str(info.value)
+    assert "UOW_ENGINES['default']['pooler']" in message
+    assert "'session'" in message and "'transaction'" in message
+
+
+#: A replica entry on the same PgBouncer pool as the primary: with psycopg's
+#: prepared statements turned off by hand, and with the pooler setting.
+REPLICA_OPTIONS = [
+    pytest.param({"connect_args": {"prepare_threshold": None}}, id="prepare-off"),
+    pytest.param({"pooler": "transaction"}, id="pooler-setting"),
+]
+
+
+@pytest.mark.parametrize("options", REPLICA_OPTIONS)
+def test_a_replica_on_the_primary_pool(
+    make_deployed_app: AppFactory, pooled_tables: Pooled, options: dict[str, t.Any]
+) -> None:
+    """A replica URL that reaches the primary's PgBouncer pool: every POST
+    commits (none finds its transaction READ ONLY), every GET runs READ ONLY,
+    and afterwards no server connection of the pool is left READ ONLY.
+    """
+    url = pooled_tables.url()
+    app = make_deployed_app(
+        {"default": {"url": url, "replicas": [url], **ENGINE, **options}}
+    )
+    answers = hammer(app, CLIENTS, REQUESTS, post_or_get)
+    assert failures(answers) == []
+    modes = {(a.method, a.body["read_only"]) for a in answers}
+    assert modes == {("POST", "off"), ("GET", "on")}
+    assert names(pooled_tables.direct) == posted_names(CLIENTS, REQUESTS)
+    bouncer = pooled_tables.bouncer
+    assert bouncer.read_only_servers(pooled_tables.alias) == {}
