@@ -123,6 +123,10 @@ class Bouncer:
             "max_client_conn": "200",
             "logfile": str(self.log),
             "server_check_delay": "0",
+            # A client waiting for a server connection fails after this many
+            # seconds instead of PgBouncer's 120: a test that exhausts a pool
+            # fails quickly.
+            "query_wait_timeout": "5",
         }
         if self.version >= (1, 21):
             # Protocol-level prepared statements are not tracked: what a

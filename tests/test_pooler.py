@@ -8,10 +8,13 @@ straight from PostgreSQL.
 
 from __future__ import annotations
 
+import collections.abc as cabc
+import pathlib
 import typing as t
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_uow import signals
@@ -26,7 +29,12 @@ from .deploying import hammer
 from .deploying import names
 from .deploying import post_or_get
 from .deploying import posted_names
+from .pgbouncer import Bouncer
 from .pgbouncer import Pooled
+from .pgtwophase import ACCOUNTS
+from .pgtwophase import balances
+from .pgtwophase import prepared_gids
+from .test_two_phase import run_child
 
 CLIENTS = 8
 REQUESTS = 25
@@ -181,3 +189,84 @@ def test_a_replica_on_the_primary_pool(
     assert names(pooled_tables.direct) == posted_names(CLIENTS, REQUESTS)
     bouncer = pooled_tables.bouncer
     assert bouncer.read_only_servers(pooled_tables.alias) == {}
+
+
+@pytest.fixture
+def pooled_two_phase(
+    pgbouncer: Bouncer,
+    two_phase_urls: dict[str, str],
+    prepared_servers: tuple[sa.URL, sa.URL],
+) -> cabc.Iterator[dict[str, str]]:
+    """The two-phase databases ("default" on one server, "other" and
+    "third" on another) under aliases of PgBouncer, by engine name; the
+    direct URLs are ``two_phase_urls``'.
+    """
+    first, second = prepared_servers
+    aliases = {}
+    for key, url in two_phase_urls.items():
+        database = str(sa.make_url(url).database)
+        pgbouncer.add(database, first if key == "default" else second, database)
+        aliases[key] = database
+    yield {
+        key: pgbouncer.url(alias).render_as_string(False)
+        for key, alias in aliases.items()
+    }
+    for alias in aliases.values():
+        pgbouncer.admin(f"KILL {alias}")
+        pgbouncer.admin(f"RESUME {alias}")
+
+
+@pytest.mark.parametrize(("driver", "options"), DRIVERS)
+def test_two_phase_commit_through_the_pooler(
+    uow: UnitOfWork,
+    pooled_two_phase: dict[str, str],
+    two_phase_urls: dict[str, str],
+    tmp_path: pathlib.Path,
+    driver: str,
+    options: dict[str, t.Any],
+) -> None:
+    """Concurrent two-engine commits through PgBouncer are atomic: each row
+    is on both databases, no transaction is left prepared; and after a crash
+    past the decision, recovery through the pooler commits what was
+    prepared.
+    """
+    app = Flask("twophase_pooled", root_path=str(tmp_path))
+    app.config["UOW_ENGINES"] = {
+        key: {"url": sa.make_url(url).set(drivername=f"postgresql+{driver}"), **ENGINE}
+        | options
+        for key, url in pooled_two_phase.items()
+    }
+    app.config["UOW_TWO_PHASE"] = True
+    uow.init_app(app)
+
+    @app.post("/open/<int:id>")
+    def open_accounts(id: int) -> str:
+        for key in ("default", "other"):
+            uow.session.execute(sa.insert(ACCOUNTS[key]).values(id=id, balance=id))
+        return "opened"
+
+    def send(client: FlaskClient, number: int, i: int) -> Answer:
+        response = client.post(f"/open/{1000 + number * 100 + i}")
+        return Answer("POST", response.status_code, response.get_data(as_text=True))
+
+    try:
+        # Cold: the first commits of the app start together, as when workers
+        # start under load.
+        answers = hammer(app, 6, 10, send)
+        assert failures(answers) == []
+        opened = {
+            1000 + n * 100 + i: 1000 + n * 100 + i for n in range(6) for i in range(10)
+        }
+        assert balances(two_phase_urls["default"]) == opened
+        assert balances(two_phase_urls["other"]) == opened
+        assert [prepared_gids(url) for url in two_phase_urls.values()] == [[]] * 3
+
+        crashed = run_child(pooled_two_phase, "after-decision")
+        assert crashed.returncode == 17, crashed.stderr
+        assert prepared_gids(two_phase_urls["other"]) != []
+        with app.app_context():
+            outcomes = {(r.engine, r.outcome) for r in uow.recover()}
+        assert outcomes == {("other", "committed"), ("third", "committed")}
+        assert balances(two_phase_urls["third"]) == {1: 100}
+    finally:
+        uow.dispose_engines(app)
