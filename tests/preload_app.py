@@ -35,7 +35,7 @@ served = sa.Table(
 
 def _connection_id(connection: sa.Connection) -> str:
     dbapi = connection.connection.dbapi_connection
-    fd = dbapi.pgconn.socket if hasattr(dbapi, "pgconn") else dbapi.fileno()  # type: ignore[union-attr]
+    fd = dbapi.pgconn.socket if hasattr(dbapi, "pgconn") else dbapi.fileno()  # type: ignore[union-attr, attr-defined]
     with socket.socket(fileno=os.dup(fd)) as sock:
         if sock.family == socket.AF_INET:
             host, port = sock.getsockname()
