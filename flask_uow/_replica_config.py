@@ -9,6 +9,8 @@ import typing as t
 
 import sqlalchemy as sa
 
+from ._config import finite
+
 DEFAULTS: dict[str, t.Any] = {
     "UOW_REPLICA_MAX_LAG": 30.0,
     "UOW_REPLICA_WAIT": 0.0,
@@ -69,6 +71,12 @@ def _check_seconds(
         raise TypeError(
             f"{key!r} must be a number of seconds{extra}, not {value!r}. For"
             f" example app.config[{key!r}] = {DEFAULTS[key]!r}."
+        )
+    if not finite(value):
+        extra = " (or None for no limit)" if none_ok else ""
+        raise ValueError(
+            f"{key!r} is not a finite number of seconds. Use a number from 0"
+            f" up{extra}, for example {DEFAULTS[key]!r}."
         )
     if value < 0:
         raise ValueError(f"{key!r} is negative ({value!r}). Use 0 or more.")
