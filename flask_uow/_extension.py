@@ -45,6 +45,7 @@ from ._replicas import create_replicas
 from ._replicas import Replicas
 from ._retry import is_transient_error
 from ._sqlite import begin_modes
+from ._sqlite import warn_under_gevent
 from ._state import current_app_and_state
 from ._state import State
 from ._state import unknown_app
@@ -153,6 +154,7 @@ class UnitOfWork(
         state = State(app, engines, factory, app.config, self)
         # Each capability sets itself up; the order matters only where a
         # comment says so.
+        warn_under_gevent(app.logger, engines)
         modes = begin_modes(engines.values())
         if modes is not None:  # Before the lifecycle: see BeginModes.after_begin.
             state.opened.append(modes.opened)
