@@ -230,9 +230,11 @@ class Bouncer:
             conn.close()
 
     def server_settings(self, alias: str) -> dict[int, dict[str, str]]:
-        """The session settings of every server connection in the pool of
-        *alias*, by backend pid: ``default_transaction_read_only`` (what each
-        new transaction on it starts with) and ``transaction_read_only``.
+        """The session state of every server connection in the pool of
+        *alias*, by backend pid: ``default_transaction_read_only`` and
+        ``default_transaction_isolation`` (what each new transaction on it
+        starts with), ``transaction_read_only``, and how many statements are
+        prepared on it.
 
         PostgreSQL shows no other backend's settings, so they are asked
         through the pool itself: as many clients as the pool has server
@@ -254,12 +256,16 @@ class Bouncer:
                     cursor.execute(
                         "SELECT pg_backend_pid(),"
                         " current_setting('default_transaction_read_only'),"
-                        " current_setting('transaction_read_only')"
+                        " current_setting('transaction_read_only'),"
+                        " current_setting('default_transaction_isolation'),"
+                        " (SELECT count(*) FROM pg_prepared_statements)"
                     )
-                    pid, default, current = cursor.fetchone()
+                    pid, default, current, isolation, prepared = cursor.fetchone()
                 found[pid] = {
                     "default_transaction_read_only": default,
                     "transaction_read_only": current,
+                    "default_transaction_isolation": isolation,
+                    "prepared_statements": str(prepared),
                 }
         finally:
             for conn in clients:
@@ -288,8 +294,32 @@ class Bouncer:
         if missed:  # pragma: no cover - only if the pool outgrew POOL_SIZE
             raise RuntimeError(f"Server connections not inspected: {missed}.")
         return {
-            pid: values for pid, values in settings.items() if "on" in values.values()
+            pid: values
+            for pid, values in settings.items()
+            if "on"
+            in (
+                values["default_transaction_read_only"],
+                values["transaction_read_only"],
+            )
         }
+
+    def changed_servers(self, alias: str) -> dict[int, dict[str, str]]:
+        """The server connections of *alias* that a client left session
+        state on: READ ONLY, an isolation level other than PostgreSQL's
+        default, or a prepared statement. Empty when none has any.
+        """
+        pristine = {
+            "default_transaction_read_only": "off",
+            "transaction_read_only": "off",
+            "default_transaction_isolation": "read committed",
+            "prepared_statements": "0",
+        }
+        before = self.server_pids(alias)
+        settings = self.server_settings(alias)
+        missed = before - set(settings)
+        if missed:  # pragma: no cover - only if the pool outgrew POOL_SIZE
+            raise RuntimeError(f"Server connections not inspected: {missed}.")
+        return {pid: v for pid, v in settings.items() if v != pristine}
 
     def down(self, alias: str) -> None:
         """Make *alias* unreachable: new clients are refused, the connected

@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 from flask_uow import TransactionAbortedError
 from flask_uow import UnitOfWork
+from flask_uow._replica_config import read_only_per_transaction
 
 from .conftest import AppFactory
 from .conftest import Database
@@ -142,3 +144,49 @@ def test_replica_reads_are_read_only_per_transaction(
     assert client.get("/items").json == {"count": 0, "read_only": "on"}
     assert pooled.bouncer.read_only_servers(pooled.alias) == {}
     assert client.post("/items", data={"name": "a"}).status_code == 201
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("UOW_REPLICA_WAIT", 10**400),
+        ("UOW_REPLICA_BACKOFF", 10**400),
+        ("UOW_REPLICA_MAX_LAG", float("nan")),
+        ("UOW_ENGINES", {"default": {"url": "sqlite://", "pool_timeout": 10**400}}),
+    ],
+)
+def test_other_huge_numbers_name_their_key(
+    make_app: AppFactory, uow: UnitOfWork, key: str, value: object
+) -> None:
+    """The replica keys and the engines' pool timeouts refuse a number a
+    float cannot hold, naming the key, rather than failing mid-request.
+    """
+    app = make_app(init=False, **{key: value})
+    with pytest.raises(
+        ValueError, match="pool_timeout" if key == "UOW_ENGINES" else key
+    ):
+        uow.init_app(app)
+
+
+def test_read_only_per_transaction_for_other_drivers(postgresql_database: str) -> None:
+    """For PostgreSQL drivers that cannot begin READ ONLY themselves, each
+    transaction of a replica engine is made READ ONLY by a statement that
+    lasts until it ends; the session's default stays read-write, and
+    AUTOCOMMIT connections (the replica status query) are left alone.
+    """
+    engine = sa.create_engine(postgresql_database, poolclass=sa.NullPool)
+    read_only_per_transaction(engine)
+    try:
+        with engine.connect() as conn:
+            inside = conn.exec_driver_sql(
+                "SELECT current_setting('transaction_read_only'),"
+                " current_setting('default_transaction_read_only')"
+            ).one()
+            conn.rollback()
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            outside = conn.exec_driver_sql("SHOW transaction_read_only").scalar()
+    finally:
+        engine.dispose()
+    assert tuple(inside) == ("on", "off")
+    assert outside == "off"

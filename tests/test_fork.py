@@ -16,6 +16,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import pathlib
 import threading
 import typing as t
 import warnings
@@ -194,3 +195,41 @@ def test_gunicorn_preload_after_a_query_at_creation(
         workers[connection].add(worker)
     shared = {c: sorted(w) for c, w in workers.items() if len(w) > 1}
     assert shared == {}, "connections used by several workers"
+
+
+def test_sqlite_after_a_fork(uow: UnitOfWork, tmp_path: pathlib.Path) -> None:
+    """On SQLite, a child forked after the parent used a file database opens
+    a connection of its own; an in-memory database, which lives in the
+    process's memory and is copied with it, keeps its connection, so the
+    child sees the parent's rows.
+    """
+    app = Flask("forked_sqlite", root_path=str(tmp_path))
+    app.config["UOW_ENGINES"] = {
+        "default": f"sqlite:///{tmp_path / 'file.db'}",
+        "memory": "sqlite://",
+    }
+    uow.init_app(app)
+    try:
+        with app.app_context():
+            for engine in uow.engines.values():
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("CREATE TABLE t (x int)")
+                    conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+
+        def pools() -> dict[str, t.Any]:
+            with app.app_context():
+                found: dict[str, t.Any] = {}
+                for name, engine in uow.engines.items():
+                    with engine.connect() as conn:
+                        rows = conn.exec_driver_sql("SELECT count(*) FROM t").scalar()
+                    found[name] = [id(engine.pool), rows]
+                return found
+
+        parent = pools()
+        child = in_child(pools)
+        assert child["default"][0] != parent["default"][0], "file pool inherited"
+        assert child["memory"] == parent["memory"] == [parent["memory"][0], 1]
+        assert child["default"][1] == 1
+        assert pools() == parent
+    finally:
+        uow.dispose_engines(app)

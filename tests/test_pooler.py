@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import pathlib
+import socket
 import typing as t
 
 import pytest
@@ -72,6 +73,7 @@ def test_concurrent_writes_are_exact(
     answers = hammer(app, CLIENTS, REQUESTS, post_or_get)
     assert failures(answers) == []
     assert names(pooled_tables.direct) == posted_names(CLIENTS, REQUESTS)
+    assert pooled_tables.bouncer.changed_servers(pooled_tables.alias) == {}
 
 
 @pytest.mark.parametrize(("driver", "options"), DRIVERS)
@@ -102,6 +104,8 @@ def test_serializable_retries_are_exact(
     assert failures(answers) == []
     assert counter(pooled_tables.direct) == CLIENTS * 15
     assert retries, "no serialization failure happened: the test proves nothing"
+    # SERIALIZABLE was asked for per transaction: no server connection keeps it.
+    assert pooled_tables.bouncer.changed_servers(pooled_tables.alias) == {}
 
 
 def test_psycopg_prepared_statements_are_off_with_the_pooler_setting(
@@ -134,17 +138,42 @@ def test_psycopg_prepared_statements_are_off_with_the_pooler_setting(
     assert names(pooled_tables.direct) == posted_names(CLIENTS, REQUESTS)
 
 
+def _threshold(engine: sa.Engine) -> t.Any:
+    with engine.connect() as conn:
+        return conn.connection.dbapi_connection.prepare_threshold  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("value", ["session", "transaction"])
 def test_pooler_accepted_values(
     make_deployed_app: AppFactory, pooled_tables: Pooled, uow: UnitOfWork, value: str
 ) -> None:
     """``"session"`` (the default) keeps psycopg 3's automatic prepared
-    statements; ``"transaction"`` turns them off.
+    statements; ``"transaction"`` turns them off, on the engine and on the
+    replicas it lists, which inherit it.
     """
-    app = make_deployed_app({"default": {"url": pooled_tables.url(), "pooler": value}})
-    with app.app_context(), uow.engines["default"].connect() as conn:
-        threshold = conn.connection.dbapi_connection.prepare_threshold  # type: ignore[union-attr]
-    assert threshold == (5 if value == "session" else None)
+    url = pooled_tables.url()
+    entry = {"url": url, "pooler": value, "replicas": [url]}
+    app = make_deployed_app({"default": entry, "other": {"url": url, "pooler": value}})
+    with app.app_context():
+        engines = [*uow.engines.values(), *uow.replica_engines["default"]]
+        thresholds = [_threshold(engine) for engine in engines]
+    assert thresholds == [5 if value == "session" else None] * 3
+
+
+def test_the_pooler_setting_refuses_prepared_statements(
+    make_deployed_app: AppFactory, pooled_tables: Pooled
+) -> None:
+    """``"pooler": "transaction"`` with a prepare threshold given by hand is
+    a contradiction, refused at init_app.
+    """
+    entry = {
+        "url": pooled_tables.url(),
+        "pooler": "transaction",
+        "connect_args": {"prepare_threshold": 5},
+    }
+    with pytest.raises(ValueError, match="prepare_threshold") as info:
+        make_deployed_app({"default": entry})
+    assert "UOW_ENGINES['default']" in str(info.value)
 
 
 @pytest.mark.parametrize("value", ["statement", "TRANSACTION", True, None])
@@ -165,20 +194,27 @@ def test_a_bad_pooler_value_is_refused(
 #: A replica entry on the same PgBouncer pool as the primary: with psycopg's
 #: prepared statements turned off by hand, and with the pooler setting.
 REPLICA_OPTIONS = [
-    pytest.param({"connect_args": {"prepare_threshold": None}}, id="prepare-off"),
-    pytest.param({"pooler": "transaction"}, id="pooler-setting"),
+    pytest.param(
+        "psycopg", {"connect_args": {"prepare_threshold": None}}, id="prepare-off"
+    ),
+    pytest.param("psycopg", {"pooler": "transaction"}, id="pooler-setting"),
+    pytest.param("psycopg2", {}, id="psycopg2"),
 ]
 
 
-@pytest.mark.parametrize("options", REPLICA_OPTIONS)
+@pytest.mark.parametrize(("driver", "options"), REPLICA_OPTIONS)
 def test_a_replica_on_the_primary_pool(
-    make_deployed_app: AppFactory, pooled_tables: Pooled, options: dict[str, t.Any]
+    make_deployed_app: AppFactory,
+    pooled_tables: Pooled,
+    driver: str,
+    options: dict[str, t.Any],
 ) -> None:
     """A replica URL that reaches the primary's PgBouncer pool: every POST
     commits (none finds its transaction READ ONLY), every GET runs READ ONLY,
-    and afterwards no server connection of the pool is left READ ONLY.
+    and afterwards no server connection of the pool is left READ ONLY, or
+    with any other session state.
     """
-    url = pooled_tables.url()
+    url = pooled_tables.url(driver)
     app = make_deployed_app(
         {"default": {"url": url, "replicas": [url], **ENGINE, **options}}
     )
@@ -189,6 +225,44 @@ def test_a_replica_on_the_primary_pool(
     assert names(pooled_tables.direct) == posted_names(CLIENTS, REQUESTS)
     bouncer = pooled_tables.bouncer
     assert bouncer.read_only_servers(pooled_tables.alias) == {}
+    assert bouncer.changed_servers(pooled_tables.alias) == {}
+
+
+@pytest.mark.parametrize(("driver", "options"), DRIVERS)
+def test_safe_units_on_the_primary_behind_the_pooler(
+    make_deployed_app: AppFactory,
+    pooled_tables: Pooled,
+    driver: str,
+    options: dict[str, t.Any],
+) -> None:
+    """With its replica unreachable, every GET reads from the primary, READ
+    ONLY for its transaction only: the POSTs that share the server
+    connections all commit, and none is left READ ONLY.
+    """
+    down = sa.make_url(pooled_tables.url(driver)).set(port=_closed_port())
+    app = make_deployed_app(
+        {
+            "default": {
+                "url": pooled_tables.url(driver),
+                "replicas": [down.render_as_string(False)],
+                **ENGINE,
+                **options,
+            }
+        }
+    )
+    answers = hammer(app, CLIENTS, 10, post_or_get)
+    assert failures(answers) == []
+    assert {(a.method, a.body["read_only"]) for a in answers} == {
+        ("POST", "off"),
+        ("GET", "on"),
+    }
+    assert pooled_tables.bouncer.changed_servers(pooled_tables.alias) == {}
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
