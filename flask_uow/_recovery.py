@@ -54,7 +54,7 @@ class RecoveryIncompleteError(RuntimeError):
     With the ``"default"`` engine unreachable nothing is settled: it holds
     the commit decisions.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     def __init__(

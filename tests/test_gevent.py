@@ -93,3 +93,105 @@ def test_postgresql_under_gevent_is_not_warned_about(postgresql_database: str) -
     result = run_script("patched", postgresql_database)
     assert result.returncode == 0, result.stderr
     assert "gevent" not in result.stderr, result.stderr
+
+
+CONCURRENCY = """\
+import sys, time
+from gevent import monkey
+monkey.patch_all()
+import gevent
+import sqlalchemy as sa
+driver, url = sys.argv[1], sys.argv[2]
+if driver == "psycopg2-green":
+    import psycogreen.gevent
+    psycogreen.gevent.patch_psycopg()
+engine = sa.create_engine(
+    sa.make_url(url).set(drivername="postgresql+" + driver.split("-")[0]),
+    pool_size=4,
+)
+def sleep():
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_sleep(0.4)")
+with engine.connect():  # Connect before timing.
+    pass
+start = time.monotonic()
+gevent.joinall([gevent.spawn(sleep) for _ in range(3)], raise_error=True)
+print(round(time.monotonic() - start, 2))
+"""
+
+
+@pytest.mark.parametrize(
+    ("driver", "concurrent"),
+    [("psycopg", True), ("psycopg2", False), ("psycopg2-green", True)],
+)
+def test_which_drivers_wait_concurrently_under_gevent(
+    postgresql_database: str, driver: str, concurrent: bool
+) -> None:
+    """Three greenlets each wait 0.4 s on the database: psycopg 3 and
+    psycopg2 made green with psycogreen wait together (well under 1.2 s);
+    plain psycopg2 blocks the worker, one query at a time (1.2 s or more).
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", CONCURRENCY, driver, postgresql_database],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    elapsed = float(result.stdout.strip())
+    if concurrent:
+        assert elapsed < 1.0, elapsed
+    else:
+        assert elapsed >= 1.2, elapsed
+
+
+SQLITE_LOCK = """\
+import sqlite3, sys, time
+from gevent import monkey
+monkey.patch_all()
+import gevent
+path = sys.argv[1]
+sqlite3.connect(path).execute("CREATE TABLE t (x int)")
+ticks = []
+def holder():
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    gevent.sleep(0.3)  # Would let the waiter in after 0.3 s.
+    conn.execute("COMMIT")
+def waiter():
+    gevent.sleep(0.05)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=1.5)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("COMMIT")
+        return "got the lock"
+    except sqlite3.OperationalError as e:
+        return str(e)
+def ticker():
+    for _ in range(40):
+        ticks.append(time.monotonic())
+        gevent.sleep(0.05)
+jobs = [gevent.spawn(holder), gevent.spawn(waiter), gevent.spawn(ticker)]
+gevent.joinall(jobs)
+gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+print(jobs[1].value, "|", round(max(gaps), 2))
+"""
+
+
+def test_sqlite_blocks_every_greenlet(tmp_path: pathlib.Path) -> None:
+    """Under gevent, a connection waiting for SQLite's write lock waits in C:
+    no other greenlet runs meanwhile (not even the one that holds the lock and
+    would release it after 0.3 s), so the wait ends in 'database is locked'.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", SQLITE_LOCK, str(tmp_path / "lock.db")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    outcome, gap = result.stdout.strip().split(" | ")
+    assert outcome == "database is locked"
+    assert float(gap) >= 1.0  # The ticker stood still during the wait.
