@@ -223,11 +223,10 @@ class UnitOfWork(
         open new connections when needed.
 
         Pools are disposed when the app is garbage collected too. Call this
-        when an app is shut down explicitly. In a worker process forked after
-        the engines were used (a server that loads the app before forking),
-        call it with ``close=False`` before the worker first uses the database,
-        so that it drops the connections it inherited without closing them
-        under the parent.
+        when an app is shut down explicitly. A process forked after the
+        engines were used (``gunicorn --preload``, ``multiprocessing``) needs
+        no call: flask_uow drops the pools it inherited, without closing the
+        parent's connections, right after the fork (see :doc:`/deploying`).
 
         :param app: The app; the current app if not given.
         :param close: Close the pooled connections (the default), or only

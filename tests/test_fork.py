@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import collections
 import collections.abc as cabc
+import contextlib
 import http.client
 import json
 import multiprocessing
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import typing as t
 import warnings
@@ -25,12 +30,16 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from benchmarks.e2e import _free_port
+from benchmarks.e2e import _wait_until_up
 from benchmarks.load import serve
 from flask_uow import UnitOfWork
 
 from .deploying import AppFactory
 from .pgbouncer import Pooled
 from .preload_app import metadata as preload_metadata
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def backend_pid(session: t.Any) -> int:
@@ -233,3 +242,100 @@ def test_sqlite_after_a_fork(uow: UnitOfWork, tmp_path: pathlib.Path) -> None:
         assert pools() == parent
     finally:
         uow.dispose_engines(app)
+
+
+def uwsgi_binary() -> str:
+    """The ``uwsgi`` program of the test environment (the ``uwsgi`` package
+    of the test extra); the test fails under ``CI=true`` if it is missing,
+    and is skipped otherwise.
+    """
+    found = shutil.which("uwsgi", path=os.path.dirname(sys.executable))
+    found = found or shutil.which("uwsgi")
+    if found is None:
+        message = (
+            "uWSGI is not installed: the uWSGI deployment test needs the"
+            " 'uwsgi' program. Install the test extra (pip install -e '.[test]')."
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@contextlib.contextmanager
+def uwsgi(
+    option: str, entry: str, folder: pathlib.Path
+) -> cabc.Iterator[tuple[int, list[str]]]:
+    """Serve ``tests/preload_app.py`` with uWSGI's master and 4 worker
+    processes on loopback, with *option* on (``"neither"``: with uWSGI's
+    defaults); yield its port and a list that receives the end of its log
+    once it stopped.
+    """
+    binary = uwsgi_binary()
+    script = folder / "wsgi.py"
+    script.write_text(
+        "from tests.preload_app import create_app\napplication = create_app()\n"
+    )
+    port = _free_port()
+    logs: list[str] = []
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                "--master",
+                "--processes=4",
+                f"--http11-socket=127.0.0.1:{port}",
+                f"--wsgi-file={script}",
+                f"--home={sys.prefix}",
+                f"--pythonpath={ROOT}",
+                *([f"--{option}"] if option != "neither" else []),
+                "--need-app",
+                "--die-on-term",
+                "--disable-logging",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PRELOAD_ENTRY": entry},
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            _wait_until_up(port, process)
+            yield port, logs
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            log.seek(0)
+            logs.append(log.read()[-4000:].decode(errors="replace"))
+
+
+@pytest.mark.parametrize("option", ["py-call-osafterfork", "lazy-apps", "neither"])
+def test_uwsgi_workers_after_a_query_at_creation(
+    postgresql_database: str, tmp_path: pathlib.Path, option: str
+) -> None:
+    """uWSGI serving an app that queried its database while it was created,
+    with either option deploying.rst names: 200 concurrent POSTs on 4
+    workers, none failed, and no connection used by two workers. With
+    neither, uWSGI runs no after-fork handler and the workers share the
+    master's connection, as the docs warn.
+    """
+    engine = sa.create_engine(postgresql_database, poolclass=sa.NullPool)
+    preload_metadata.create_all(engine)
+    entry = json.dumps({"url": postgresql_database})
+    try:
+        with uwsgi(option, entry, tmp_path) as (port, logs):
+            statuses = _post_many(port, clients=8, requests=25)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT worker, connection FROM served")).all()
+    finally:
+        preload_metadata.drop_all(engine)
+        engine.dispose()
+    workers: dict[str, set[int]] = collections.defaultdict(set)
+    for worker, connection in rows:
+        workers[connection].add(worker)
+    shared = {c: w for c, w in workers.items() if len(w) > 1}
+    if option == "neither":
+        assert shared or dict(statuses) != {201: 200}, "the workers did not share"
+        return
+    assert dict(statuses) == {201: 200}, logs
+    assert len({w for ws in workers.values() for w in ws}) > 1, "one worker served"
+    assert shared == {}
