@@ -43,6 +43,7 @@ from ._replicas import create_replicas
 from ._replicas import Replicas
 from ._retry import is_transient_error
 from ._sqlite import begin_modes
+from ._sqlite import warn_under_gevent
 from ._state import app_context
 from ._state import current_app_and_state
 from ._state import request_context
@@ -161,6 +162,7 @@ class UnitOfWork(
         state = State(engines, factory, app.config, self)
         # Each capability sets itself up; the order matters only where a
         # comment says so.
+        warn_under_gevent(app.logger, engines)
         modes = begin_modes(engines.values())
         if modes is not None:  # Before the lifecycle: see BeginModes.after_begin.
             state.opened.append(modes.opened)
@@ -229,11 +231,10 @@ class UnitOfWork(
         open new connections when needed.
 
         Pools are disposed when the app is garbage collected too. Call this
-        when an app is shut down explicitly. In a worker process forked after
-        the engines were used (a server that loads the app before forking),
-        call it with ``close=False`` before the worker first uses the database,
-        so that it drops the connections it inherited without closing them
-        under the parent.
+        when an app is shut down explicitly. A process forked after the
+        engines were used (``gunicorn --preload``, ``multiprocessing``) needs
+        no call: flask_uow drops the pools it inherited, without closing the
+        parent's connections, right after the fork (see :doc:`/deploying`).
 
         :param app: The app; the current app if not given.
         :param close: Close the pooled connections (the default), or only
