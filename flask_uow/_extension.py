@@ -14,8 +14,6 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask
-from flask.globals import _cv_app
-from flask.globals import _cv_request
 
 from . import _lifecycle
 from . import _replica_hooks
@@ -27,9 +25,9 @@ from ._api_transactions import TransactionMethods
 from ._config import check_config
 from ._config import session_options
 from ._config import session_options_error
+from ._current import CurrentSession
 from ._engines import bind_key_cache
 from ._engines import create_engines
-from ._engines import RoutingSession
 from ._helpers import RequestHelpers
 from ._lifecycle import default_commit_veto
 from ._models import check_flask_sqlalchemy_config
@@ -47,7 +45,6 @@ from ._retry import is_transient_error
 from ._sqlite import begin_modes
 from ._state import current_app_and_state
 from ._state import State
-from ._state import unknown_app
 from ._twophase import check_two_phase
 from ._twophase import Coordinator
 
@@ -97,6 +94,15 @@ class UnitOfWork(
         self._states: weakref.WeakKeyDictionary[Flask, State] = (
             weakref.WeakKeyDictionary()
         )
+        #: The session of the current unit of work: the current request's, or
+        #: outside requests the current application context's, made on first
+        #: use. It is one object, a :class:`~flask_uow.CurrentSession` (a
+        #: :class:`~sqlalchemy.orm.scoped_session`), that may be taken at
+        #: import time and handed to anything that wants a session; each use
+        #: resolves to the current unit's session, and with no application
+        #: context raises ``RuntimeError``. ``uow.session()`` returns the
+        #: session itself.
+        self.session = CurrentSession(self._states)
         self._replicas: weakref.WeakKeyDictionary[Flask, Replicas] = (
             weakref.WeakKeyDictionary()
         )
@@ -149,7 +155,7 @@ class UnitOfWork(
             replicas = create_replicas(app, engines, listed, entries)
             created += replicas.engines() if replicas else ()
             two_phase = check_two_phase(app.config["UOW_TWO_PHASE"], engines)
-            factory = _sessionmaker(engines, options)
+            factory = _sessionmaker(engines, options, self.session.session_class)
         state = State(app, engines, factory, app.config, self)
         # Each capability sets itself up; the order matters only where a
         # comment says so.
@@ -180,31 +186,6 @@ class UnitOfWork(
 
     def _state(self, app: Flask | None = None) -> tuple[Flask, State]:
         return current_app_and_state(self._states, app)
-
-    @property
-    def session(self) -> orm.Session:
-        """The session of the current unit of work: the current request's, or
-        outside requests the current application context's. It is created on
-        first access; no connection is checked out until it runs a statement.
-
-        :raise RuntimeError: There is no application context, or the app was not
-            set up with :meth:`init_app`.
-        """
-        # The hot path: a view may use the session many times per request.
-        ctx = _cv_app.get(None)
-        if ctx is not None:
-            app = ctx.app
-            state = self._states.get(app)
-            if state is not None:
-                rctx = _cv_request.get(None)
-                if rctx is not None and rctx.app is app:
-                    unit = rctx.request.environ.get(state.key)
-                    if unit is not None and unit.session is not None:
-                        return unit.session  # type: ignore[no-any-return]
-                return state.session(app)
-            raise unknown_app(app)
-        app, state = self._state()
-        return state.session(app)
 
     @property
     def engines(self) -> cabc.Mapping[str, sa.Engine]:
@@ -248,14 +229,17 @@ def _disposed_on_error(engines: list[sa.Engine]) -> cabc.Iterator[None]:
 
 
 def _sessionmaker(
-    engines: dict[str, sa.Engine], options: dict[str, t.Any]
+    engines: dict[str, sa.Engine],
+    options: dict[str, t.Any],
+    class_: type[orm.Session],
 ) -> orm.sessionmaker[orm.Session]:
-    """The app's sessionmaker; unknown session options are refused now, not
-    mid-request.
+    """The app's sessionmaker, over a subclass of *class_* (the one class
+    of the UnitOfWork's sessions); unknown session options are refused now,
+    not mid-request.
     """
     try:
         factory: orm.sessionmaker[orm.Session] = orm.sessionmaker(
-            engines["default"], class_=RoutingSession, engines=engines, **options
+            engines["default"], class_=class_, engines=engines, **options
         )
         bind_key_cache(factory)
         factory().close()
