@@ -17,6 +17,7 @@ from flask import Flask
 
 from . import _lifecycle
 from . import _replica_hooks
+from . import _shared_context
 from . import _streaming
 from . import _twophase
 from ._api_queries import QueryMethods
@@ -171,6 +172,7 @@ class UnitOfWork(
         # Before the lifecycle, so that the Server-Timing hook sees the commit.
         self._insight.install(app, state, query_settings, replicas)
         _lifecycle.install(app, state)
+        _shared_context.install(state)
         _streaming.install(app, state)
         coordinator = _twophase.install(state, two_phase)
         if coordinator is not None:

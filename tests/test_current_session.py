@@ -116,6 +116,9 @@ def test_calling_it_gives_the_unit_session(
     with app.app_context():
         body = uow.session()
         assert uow.session.registry.has()
+        assert uow.session.registry() is body
+        uow.session.registry.clear()  # As scoped_session.remove() does.
+        assert not uow.session.registry.has()
     assert type(seen[0]) is not orm.Session
     assert isinstance(seen[0], uow.session.session_class)
     assert seen[0] is seen[1]
