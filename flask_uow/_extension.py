@@ -15,6 +15,7 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask
 
+from . import _detached
 from . import _lifecycle
 from . import _replica_hooks
 from . import _shared_context
@@ -148,6 +149,7 @@ class UnitOfWork(
             app.config.setdefault(key, value)
         check_config(app.config)
         query_settings = read_settings(app)
+        detached_writes = _detached.read_mode(app)
         options = session_options(app.config["UOW_SESSION_OPTIONS"])
         entries, listed = split_replicas(app.config.get("UOW_ENGINES"))
         engines = create_engines(entries, app.instance_path)
@@ -173,6 +175,7 @@ class UnitOfWork(
         self._insight.install(app, state, query_settings, replicas)
         _lifecycle.install(app, state)
         _shared_context.install(state)
+        _detached.install(state, detached_writes)
         _streaming.install(app, state)
         coordinator = _twophase.install(state, two_phase)
         if coordinator is not None:
