@@ -21,13 +21,14 @@ import typing as t
 
 import sqlalchemy.orm as orm
 from flask import Flask
-from flask.globals import _cv_app
-from flask.globals import _cv_request
 
 from ._engines import RoutingSession
 from ._lifecycle import end_unit
 from ._state import _NO_APP_CONTEXT
+from ._state import app_context
+from ._state import context_store
 from ._state import current_app_and_state
+from ._state import request_context
 from ._state import State
 from ._state import unknown_app
 
@@ -71,12 +72,12 @@ class CurrentSession(orm.scoped_session[orm.Session]):
     @property
     def _proxied(self) -> orm.Session:
         # The hot path: every use of uow.session in a view goes through here.
-        ctx = _cv_app.get(None)
+        ctx = app_context()
         if ctx is not None:
             app = ctx.app
             state = self._uow_states.get(app)
             if state is not None:
-                rctx = _cv_request.get(None)
+                rctx = request_context()
                 if rctx is not None and rctx.app is app:
                     unit = rctx.request.environ.get(state.key)
                     if unit is not None and unit.session is not None:
@@ -126,7 +127,7 @@ class CurrentSession(orm.scoped_session[orm.Session]):
             end_unit(app, state, environ, unit)
             environ[state.key] = None  # The request makes a new unit if needed.
         else:
-            end_unit(app, state, _context_store(), unit)
+            end_unit(app, state, context_store(), unit)
 
     def configure(self, **kwargs: t.Any) -> None:
         """Refused: the sessions of a unit of work are configured per app.
@@ -184,7 +185,7 @@ class CurrentSession(orm.scoped_session[orm.Session]):
         self._proxied.expire_on_commit = value
 
     def _current_unit(self) -> Unit | None:
-        ctx = _cv_app.get(None)
+        ctx = app_context()
         if ctx is None:
             return None
         state = self._uow_states.get(ctx.app)
@@ -192,13 +193,6 @@ class CurrentSession(orm.scoped_session[orm.Session]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: the session of the current unit of work>"
-
-
-def _context_store() -> dict[str, t.Any]:
-    ctx = _cv_app.get(None)
-    if ctx is None:  # pragma: no cover - checked by the caller
-        raise RuntimeError(_NO_APP_CONTEXT)
-    return ctx.g.__dict__
 
 
 class _Registry:

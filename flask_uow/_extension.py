@@ -159,7 +159,7 @@ class UnitOfWork(
             created += replicas.engines() if replicas else ()
             two_phase = check_two_phase(app.config["UOW_TWO_PHASE"], engines)
             factory = _sessionmaker(engines, options, self.session.session_class)
-        state = State(app, engines, factory, app.config, self)
+        state = State(engines, factory, app.config, self)
         # Each capability sets itself up; the order matters only where a
         # comment says so.
         modes = begin_modes(engines.values())

@@ -30,7 +30,8 @@ import typing as t
 
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
-from flask.globals import _cv_app
+
+from ._state import app_context
 
 if t.TYPE_CHECKING:
     from ._state import State
@@ -49,7 +50,7 @@ def install(state: State) -> None:
         if unit.environ is None:
             _watch_writes(session)
             return
-        ctx = _cv_app.get(None)
+        ctx = app_context()
         if ctx is None:  # pragma: no cover - a request has its context
             return
         body = ctx.g.__dict__.get(key)
