@@ -2,6 +2,8 @@ from . import signals as signals
 from ._aborted import TransactionAbortedError as TransactionAbortedError
 from ._changes import Change as Change
 from ._config import UnknownConfigKeyWarning as UnknownConfigKeyWarning
+from ._current import CurrentSession as CurrentSession
+from ._detached import DetachedWriteWarning as DetachedWriteWarning
 from ._extension import UnitOfWork as UnitOfWork
 from ._lifecycle import default_commit_veto as default_commit_veto
 from ._pagination import Pagination as Pagination
@@ -20,6 +22,8 @@ from .testing import Isolation as Isolation
 
 __all__ = [
     "Change",
+    "CurrentSession",
+    "DetachedWriteWarning",
     "Isolation",
     "Pagination",
     "NPlusOneWarning",

@@ -35,6 +35,7 @@ KNOWN_KEYS = frozenset(
         "UOW_REPLICA_BACKOFF",
         "UOW_REPLICA_WINDOW",
         "UOW_REPLICA_COOKIE",
+        "UOW_DETACHED_WRITES",
     }
 )
 

@@ -1,6 +1,10 @@
 """Flask-Admin: a ``ModelView`` given the session at setup time, through
 flask_uow.compat and natively. Flask-Admin checks that it is handed a
 SQLAlchemy session or ``scoped_session``.
+
+Flask-Admin 2.2 deprecates passing the session in favour of passing
+Flask-SQLAlchemy's ``db``, which it recognizes by its class only; a
+compat ``db`` is not that class, so the session is what both ways pass.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from .extension_apps import emails
 from .extension_apps import make_setup
 from .extension_apps import MODES
 from .extension_apps import Setup
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Passing a session object directly is deprecated:DeprecationWarning"
+)
 
 
 @pytest.fixture(params=MODES)

@@ -28,7 +28,6 @@ from .pagination import Pagination
 from .pagination import SelectPagination
 from .query import Query
 from .session import Session
-from .session import SessionProxy
 
 _ALREADY = (
     "A 'SQLAlchemy' instance has already been registered on this Flask app."
@@ -76,7 +75,7 @@ class SQLAlchemy:
                 " application context, is a unit of work with its own session."
                 " Remove the option."
             )
-        session_class = options.setdefault("class_", Session)
+        session_class = options.pop("class_", Session)
         if not (isinstance(session_class, type) and issubclass(session_class, Session)):
             raise TypeError(
                 "session_options['class_'] must be a subclass of"
@@ -93,6 +92,8 @@ class SQLAlchemy:
         #: The :class:`~flask_uow.UnitOfWork` this object runs on: its
         #: transactions, ``on_commit``, query recording and test isolation.
         self.uow = UnitOfWork()
+        # Every app's sessions are made from a subclass of this class.
+        self.uow.session.session_factory = orm.sessionmaker(class_=session_class)
         _COMPAT_UOWS.add(self.uow)
         #: The class of ``Model.query``.
         self.Query = query_class
@@ -101,9 +102,11 @@ class SQLAlchemy:
         if metadata is not None:
             metadata.info["bind_key"] = None
             self.metadatas[None] = metadata
-        #: The session of the current unit of work; see
-        #: :class:`~flask_uow.compat.session.SessionProxy`.
-        self.session = SessionProxy(self)
+        #: The session of the current unit of work: :attr:`uow.session
+        #: <flask_uow.UnitOfWork.session>`, a ``scoped_session`` that may be
+        #: taken at import time. ``db.session()`` returns the session itself,
+        #: ``db.session.remove()`` ends it.
+        self.session = self.uow.session
         #: The declarative base of the app's models.
         self.Model = make_model(self, model_class, disable_autonaming, metadata)
         self.metadatas[None] = self.Model.metadata
