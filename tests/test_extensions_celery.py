@@ -35,7 +35,7 @@ def setup(
     s = make_setup(request.param, db_url, tmp_path, "celery")
     uow = s.ext.uow if request.param == "compat" else s.ext
 
-    @celery.task
+    @celery.task(name=f"welcome-{request.param}-{id(seen)}")
     def welcome(email: str) -> None:
         seen.append(emails(db.engine, s))
 
