@@ -78,6 +78,7 @@ def test_requests_commit_or_roll_back(db: Database, tmp_path: t.Any) -> None:
     assert rows == "a,b"
     with app.app_context():
         fsa.drop_all()
+        fsa.uow.dispose_engines()
 
 
 def test_api(tmp_path: t.Any) -> None:
