@@ -28,14 +28,26 @@ EFFECTS = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
 )
 
+#: One row per unit of work that committed, written by the unit itself: the
+#: tasks whose effect must be applied exactly once.
+UNITS = sa.Table(
+    "units",
+    EFFECTS.metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+)
+
 #: The name Celery knows :func:`apply_effect` by, in workers and senders.
 APPLY_EFFECT = "tests.outbox_tasks.apply_effect"
 SLOW_EFFECT = "tests.outbox_tasks.slow_effect"
 
 
-@functools.cache
 def _engine() -> sa.Engine:
-    return sa.create_engine(os.environ["UOW_TEST_EFFECTS_URL"], poolclass=sa.NullPool)
+    return _engine_for(os.environ["UOW_TEST_EFFECTS_URL"])
+
+
+@functools.cache
+def _engine_for(url: str) -> sa.Engine:
+    return sa.create_engine(url, poolclass=sa.NullPool)
 
 
 def apply_effect(key: str) -> None:

@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from .outbox_tasks import EFFECTS
+from .outbox_tasks import UNITS
 from .redis_server import RedisServer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -231,12 +232,12 @@ def task_workers(tmp_path: pathlib.Path) -> cabc.Iterator[Workers]:
 
 @pytest.fixture
 def effects(db_url: str) -> cabc.Iterator[Effects]:
-    """The ``effects`` table in the test database, created for the test, and
-    a separate connection's view of it.
+    """The ``effects`` and ``units`` tables in the test database, created for
+    the test, and a separate connection's view of them.
     """
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
-    EFFECTS.drop(engine, checkfirst=True)
-    EFFECTS.create(engine)
+    EFFECTS.metadata.drop_all(engine)
+    EFFECTS.metadata.create_all(engine)
     try:
         yield Effects(engine)
     finally:
@@ -254,6 +255,15 @@ class Effects:
         query = sa.select(EFFECTS.c.key, sa.func.count()).group_by(EFFECTS.c.key)
         with self.engine.connect() as conn:
             return {key: n for key, n in conn.execute(query)}
+
+    def units(self) -> set[str]:
+        """The keys of the units of work that committed."""
+        with self.engine.connect() as conn:
+            return set(conn.scalars(sa.select(UNITS.c.key)))
+
+    def scalar(self, sql: str, **params: object) -> object:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
 
     def wait_for(
         self, keys: cabc.Iterable[str], *, timeout: float = 20.0, settle: float = 0.0

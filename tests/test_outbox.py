@@ -1,0 +1,367 @@
+"""Background tasks through the outbox (issue 22), on a real Redis with real
+Celery and RQ workers, on SQLite and PostgreSQL: a task enqueued in a unit of
+work runs if and only if the unit commits, and survives the process dying,
+or the broker going away, between the COMMIT and the publish.
+
+The effect of a task is a row in ``effects``, counted from a separate
+connection (see ``tests/outbox_tasks.py``).
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import os
+import pathlib
+import subprocess
+import sys
+import typing as t
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_uow import UnitOfWork
+
+from .conftest import AppFactory
+from .outbox_tasks import apply_effect
+from .outbox_tasks import make_celery
+from .outbox_tasks import UNITS
+from .redis_server import RedisFactory
+from .redis_server import RedisServer
+from .task_workers import Effects
+from .task_workers import ROOT
+from .task_workers import worker_env
+from .task_workers import Workers
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(params=["celery", "rq"])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """Which task queue the test runs on."""
+    return t.cast(str, request.param)
+
+
+class Outbox:
+    """An app whose outbox publishes to the test's Redis, the task it
+    enqueues, and a worker that runs that task.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        uow: UnitOfWork,
+        task: t.Any,
+        start_worker: cabc.Callable[[], t.Any],
+    ) -> None:
+        self.app = app
+        self.uow = uow
+        self.task = task
+        self.start_worker = start_worker
+
+    def relay_once(self) -> str:
+        """Run ``flask uow relay --once`` in this process; return its output."""
+        result = self.app.test_cli_runner().invoke(args=["uow", "relay", "--once"])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+
+@pytest.fixture
+def outbox(
+    broker_kind: str,
+    make_app: AppFactory,
+    uow: UnitOfWork,
+    db_url: str,
+    redis_server: RedisServer,
+    task_workers: Workers,
+    effects: Effects,
+) -> cabc.Iterator[cabc.Callable[..., Outbox]]:
+    """Build an :class:`Outbox` on ``broker_kind`` with extra config."""
+    from flask_uow import CeleryBroker  # type: ignore[attr-defined]
+    from flask_uow import RQBroker  # type: ignore[attr-defined]
+
+    closers: list[cabc.Callable[[], object]] = []
+
+    def make(**config: t.Any) -> Outbox:
+        if broker_kind == "celery":
+            celery = make_celery(redis_server.url)
+            closers.append(celery.close)
+            broker, task = CeleryBroker(celery), celery.tasks[apply_effect_name()]
+
+            def start() -> t.Any:
+                return task_workers.celery(db_url, redis_server)
+
+        else:
+            connection = redis.Redis.from_url(
+                redis_server.url, socket_connect_timeout=1
+            )
+            closers.append(connection.close)
+            broker, task = RQBroker(connection, queue="default"), apply_effect
+
+            def start() -> t.Any:
+                return task_workers.rq(db_url, redis_server)
+
+        app = make_app(UOW_OUTBOX=True, UOW_OUTBOX_BROKER=broker, **config)
+        return Outbox(app, uow, task, start)
+
+    yield make
+    for close in closers:
+        close()
+
+
+def apply_effect_name() -> str:
+    from .outbox_tasks import APPLY_EFFECT
+
+    return APPLY_EFFECT
+
+
+def add_views(box: Outbox) -> None:
+    """``/units/<key>`` commits a unit that enqueues ``key``;
+    ``/rollback/<key>`` enqueues and answers 400; ``/savepoint/<key>``
+    commits ``key`` but enqueues ``<key>-inner`` in a savepoint rolled back.
+    """
+    uow, app, task = box.uow, box.app, box.task
+
+    @app.post("/units/<key>")
+    def commit(key: str) -> tuple[str, int]:
+        uow.session.execute(sa.insert(UNITS).values(key=key))
+        uow.enqueue(task, key)  # type: ignore[attr-defined]
+        return key, 201
+
+    @app.post("/rollback/<key>")
+    def rollback(key: str) -> tuple[str, int]:
+        uow.session.execute(sa.insert(UNITS).values(key=key))
+        uow.enqueue(task, key)  # type: ignore[attr-defined]
+        return key, 400
+
+    @app.post("/savepoint/<key>")
+    def savepoint(key: str) -> tuple[str, int]:
+        uow.enqueue(task, key)  # type: ignore[attr-defined]
+        with pytest.raises(LookupError):
+            with uow.transaction():
+                uow.enqueue(task, f"{key}-inner")  # type: ignore[attr-defined]
+                raise LookupError("roll the savepoint back")
+        return key, 201
+
+
+def outbox_rows(effects: Effects, where: str = "1 = 1") -> int:
+    return t.cast(int, effects.scalar(f"SELECT count(*) FROM uow_outbox WHERE {where}"))
+
+
+def test_committed_request_task_runs_once(
+    outbox: cabc.Callable[..., Outbox], effects: Effects
+) -> None:
+    """A committed request's task is published right after the commit (no
+    relay runs) and runs once; its outbox row is marked sent.
+    """
+    box = outbox(UOW_OUTBOX_GRACE=30)
+    add_views(box)
+    box.start_worker()
+    assert box.app.test_client().post("/units/a").status_code == 201
+    assert effects.wait_for(["a"], settle=1.0) == {"a": 1}
+    assert outbox_rows(effects, "sent_at IS NULL") == 0
+    assert outbox_rows(effects) == 1
+
+
+def test_rolled_back_request_task_never_runs(
+    outbox: cabc.Callable[..., Outbox], effects: Effects
+) -> None:
+    """A rolled-back request's task is neither published nor left for the
+    relay: no outbox row, no effect, even after a relay pass.
+    """
+    box = outbox(UOW_OUTBOX_GRACE=0)
+    add_views(box)
+    box.start_worker()
+    client = box.app.test_client()
+    assert client.post("/rollback/gone").status_code == 400
+    assert client.post("/units/kept").status_code == 201
+    box.relay_once()
+    assert effects.wait_for(["kept"], settle=1.0) == {"kept": 1}
+    assert outbox_rows(effects) == 1
+
+
+def test_rolled_back_savepoint_task_never_runs(
+    outbox: cabc.Callable[..., Outbox], effects: Effects
+) -> None:
+    """A task enqueued inside a savepoint that rolls back is discarded with
+    it; the enclosing unit's own task runs.
+    """
+    box = outbox(UOW_OUTBOX_GRACE=0)
+    add_views(box)
+    box.start_worker()
+    assert box.app.test_client().post("/savepoint/s").status_code == 201
+    box.relay_once()
+    assert effects.wait_for(["s"], settle=1.0) == {"s": 1}
+
+
+def test_enqueue_in_a_transaction_block_outside_a_request(
+    outbox: cabc.Callable[..., Outbox], effects: Effects
+) -> None:
+    """``uow.enqueue`` in ``uow.transaction()`` under an app context (a CLI
+    command, a job) commits with the block and is published after it.
+    """
+    box = outbox(UOW_OUTBOX_GRACE=30)
+    box.start_worker()
+    with box.app.app_context():
+        with box.uow.transaction():
+            box.uow.enqueue(box.task, "cli")  # type: ignore[attr-defined]
+    assert effects.wait_for(["cli"], settle=0.5) == {"cli": 1}
+
+
+def test_crash_after_commit_before_publish(
+    broker_kind: str,
+    db_url: str,
+    redis_server: RedisServer,
+    task_workers: Workers,
+    effects: Effects,
+) -> None:
+    """The process exits (``os._exit``) right after COMMIT, before the
+    publish: the row waits unsent, nothing runs; the relay publishes it once
+    the grace period is over, and it runs once.
+    """
+    env = worker_env(
+        db_url, redis_server.url, UOW_TEST_BROKER=broker_kind, UOW_TEST_GRACE="0.5"
+    )
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.outbox_app", "crash", "c1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert child.returncode == 17, child.stderr.decode()
+    assert effects.units() == {"c1"}
+    assert outbox_rows(effects, "sent_at IS NULL") == 1
+    start_outbox_worker(broker_kind, db_url, redis_server, task_workers)
+    assert effects.wait_for(["c1"], timeout=1.0) == {}
+    relay = run_relay(env, "--once")
+    assert relay.returncode == 0, relay.stderr
+    assert effects.wait_for(["c1"], settle=1.0) == {"c1": 1}
+    assert outbox_rows(effects, "sent_at IS NULL") == 0
+
+
+def start_outbox_worker(
+    kind: str, db_url: str, redis: RedisServer, workers: Workers, **kw: t.Any
+) -> t.Any:
+    """A worker whose task is ``tests.outbox_app.record_once``."""
+    env = {"UOW_TEST_WORKER": "1", "UOW_TEST_BROKER": kind}
+    if kind == "celery":
+        return workers.celery(
+            db_url, redis, app="tests.outbox_app:celery_app", env=env, **kw
+        )
+    return workers.rq(db_url, redis, module="tests.outbox_app", env=env)
+
+
+def run_relay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "tests.outbox_app", "uow", "relay"]
+        + list(args),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_redis_stopped_during_a_burst(
+    broker_kind: str,
+    make_app: AppFactory,
+    db_url: str,
+    make_redis: RedisFactory,
+    task_workers: Workers,
+    effects: Effects,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis stops in the middle of 30 requests: every request still answers
+    as its unit decided (no request fails because the broker is down); once
+    Redis is back and the relay has caught up, every committed task ran
+    exactly once and none of the rolled-back ones.
+    """
+    server = make_redis(persistent=True)
+    for name, value in worker_env(
+        db_url, server.url, UOW_TEST_BROKER=broker_kind, UOW_TEST_GRACE="0"
+    ).items():
+        monkeypatch.setenv(name, value)
+    from . import outbox_app
+
+    app = outbox_app.create_app()
+    try:
+        start_outbox_worker(broker_kind, db_url, server, task_workers)
+        client = app.test_client()
+        statuses = {}
+        for n in range(30):
+            if n == 10:
+                server.stop()
+            if n == 20:
+                server.start()
+            path = "rollback" if n % 3 == 2 else "units"
+            statuses[f"b{n}"] = client.post(f"/{path}/b{n}").status_code
+        committed = {key for key, status in statuses.items() if status == 201}
+        assert len(committed) == 20
+        assert set(statuses.values()) == {201, 400}
+        result = app.test_cli_runner().invoke(args=["uow", "relay", "--once"])
+        assert result.exit_code == 0, result.output
+        counts = effects.wait_for(committed, settle=1.0)
+        assert counts == dict.fromkeys(committed, 1)
+        assert outbox_rows(effects, "sent_at IS NULL") == 0
+    finally:
+        outbox_app.uow.dispose_engines(app)
+
+
+def test_two_relays_and_the_fast_path_race(
+    tmp_path: pathlib.Path,
+    broker_kind: str,
+    db_url: str,
+    redis_server: RedisServer,
+    task_workers: Workers,
+    effects: Effects,
+) -> None:
+    """With no grace period, two relays running and the fast path publish the
+    same rows: each task is published at least once, and ``@uow.once``
+    applies each effect exactly once.
+    """
+    env = worker_env(
+        db_url, redis_server.url, UOW_TEST_BROKER=broker_kind, UOW_TEST_GRACE="0"
+    )
+    start_outbox_worker(broker_kind, db_url, redis_server, task_workers)
+    log = open(tmp_path / "relays.log", "ab")  # noqa: SIM115 - closed below
+    relays = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "tests.outbox_app"]
+            + ["uow", "relay", "--interval", "0.05"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        keys = [f"r{n}" for n in range(40)]
+        load = subprocess.run(
+            [sys.executable, "-m", "tests.outbox_app", "load", *keys],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert load.returncode == 0, load.stderr.decode()
+        committed = effects.units()
+        assert len(committed) == 32  # every fifth request rolls back
+        counts = effects.wait_for(committed, settle=2.0)
+        assert counts == dict.fromkeys(committed, 1)
+        processed = effects.scalar("SELECT count(*) FROM uow_processed")
+        assert processed == len(committed)
+    finally:
+        for relay in relays:
+            relay.terminate()
+        for relay in relays:
+            try:
+                relay.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(relay.pid, 9)
+                relay.wait(10)
+        log.close()
