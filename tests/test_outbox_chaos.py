@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 import time
+import typing as t
 
 import pytest
 
@@ -62,7 +63,7 @@ def test_chaos(
     task_workers: Workers,
     effects: Effects,
     tmp_path: pathlib.Path,
-    record_property: pytest.RecordProperty,
+    record_property: t.Callable[[str, object], None],
 ) -> None:
     """Web workers, the relay, Redis and the Celery worker are killed at
     random under load; afterwards each committed unit's effect is applied

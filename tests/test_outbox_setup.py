@@ -46,7 +46,7 @@ def test_off_attaches_nothing_and_touches_no_table(
     client = app.test_client()
     assert client.get("/").status_code == 404
     with app.app_context():
-        names = {name for md in uow.metadatas for name in md.tables}
+        names = {name for md in uow.metadatas.values() for name in md.tables}
         assert "uow_outbox" not in names
         with pytest.raises(RuntimeError, match="UOW_OUTBOX"):
             with uow.transaction():
@@ -119,7 +119,7 @@ def test_outbox_tables_are_in_metadatas_and_created_at_first_use(
     """
     app = make_app(UOW_OUTBOX=True, UOW_OUTBOX_BROKER=rq_broker, UOW_OUTBOX_GRACE=60)
     with app.app_context():
-        names = {name for md in uow.metadatas for name in md.tables}
+        names = {name for md in uow.metadatas.values() for name in md.tables}
         assert {"uow_outbox", "uow_processed"} <= names
         with uow.transaction():
             key = uow.enqueue(apply_effect, "first")  # type: ignore[attr-defined]
