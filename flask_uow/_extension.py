@@ -18,9 +18,12 @@ from flask.globals import _cv_app
 from flask.globals import _cv_request
 
 from . import _lifecycle
+from . import _outbox
+from . import _relay
 from . import _replica_hooks
 from . import _streaming
 from . import _twophase
+from ._api_outbox import OutboxMethods
 from ._api_queries import QueryMethods
 from ._api_servers import ServerMethods
 from ._api_transactions import TransactionMethods
@@ -65,7 +68,12 @@ def _dispose(engines: cabc.Iterable[sa.Engine]) -> None:
 
 
 class UnitOfWork(
-    TransactionMethods, QueryMethods, ServerMethods, RequestHelpers, ModelMethods
+    TransactionMethods,
+    QueryMethods,
+    ServerMethods,
+    OutboxMethods,
+    RequestHelpers,
+    ModelMethods,
 ):
     """Make each request of a Flask app one unit of work over a SQLAlchemy
     session.
@@ -101,6 +109,9 @@ class UnitOfWork(
             weakref.WeakKeyDictionary()
         )
         self._coordinators: weakref.WeakKeyDictionary[Flask, Coordinator] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._outboxes: weakref.WeakKeyDictionary[Flask, _outbox.Outbox] = (
             weakref.WeakKeyDictionary()
         )
         self._commit_veto = default_commit_veto
@@ -170,6 +181,10 @@ class UnitOfWork(
         if coordinator is not None:
             self._coordinators[app] = coordinator
         install_cli(app)
+        box = _outbox.install(app, state, self._models.include)
+        if box is not None:
+            self._outboxes[app] = box
+            _relay.install_cli(app, box)
         self._states[app] = state
         app.extensions["uow"] = self
         app.shell_context_processor(self._shell_context)

@@ -54,8 +54,8 @@ def make_broker(kind: str, redis_url: str) -> tuple[t.Any, t.Any]:
     """The broker adapter for ``kind`` and the task to enqueue with it."""
     import redis
 
-    from flask_uow import CeleryBroker  # type: ignore[attr-defined]
-    from flask_uow import RQBroker  # type: ignore[attr-defined]
+    from flask_uow import CeleryBroker
+    from flask_uow import RQBroker
 
     if kind == "celery":
         celery = make_celery(redis_url)
@@ -82,7 +82,7 @@ def create_app(**config: t.Any) -> Flask:
 
     def unit(key: str) -> None:
         uow.session.execute(sa.insert(UNITS).values(key=key))
-        uow.enqueue(task, key)  # type: ignore[attr-defined]
+        uow.enqueue(task, key)
 
     @app.post("/units/<key>")
     def commit(key: str) -> tuple[str, int]:

@@ -65,6 +65,17 @@ def slow_effect(key: str, seconds: float) -> None:
     apply_effect(key)
 
 
+def record_in_unit(key: str) -> None:
+    """Apply the effect for ``key`` in a transaction of the current app's
+    unit of work: a task that ``Isolation.run_tasks`` runs isolated.
+    """
+    from flask import current_app
+
+    uow = current_app.extensions["uow"]
+    with uow.transaction():
+        uow.session.execute(sa.insert(EFFECTS).values(key=key, pid=os.getpid()))
+
+
 def make_celery(broker_url: str) -> Celery:
     """A Celery app on ``broker_url`` that knows this module's tasks.
 

@@ -230,10 +230,30 @@ def task_workers(tmp_path: pathlib.Path) -> cabc.Iterator[Workers]:
         workers.stop_all()
 
 
+def _drop_outbox_tables(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        for name in ("uow_outbox", "uow_processed"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+
+
 @pytest.fixture
-def effects(db_url: str) -> cabc.Iterator[Effects]:
+def no_outbox_tables(db_url: str) -> cabc.Iterator[None]:
+    """No outbox table in the test database before the test, nor after it
+    (the PostgreSQL database is shared by the tests of a process).
+    """
+    engine = sa.create_engine(db_url, poolclass=sa.NullPool)
+    _drop_outbox_tables(engine)
+    try:
+        yield
+    finally:
+        _drop_outbox_tables(engine)
+        engine.dispose()
+
+
+@pytest.fixture
+def effects(db_url: str, no_outbox_tables: None) -> cabc.Iterator[Effects]:
     """The ``effects`` and ``units`` tables in the test database, created for
-    the test, and a separate connection's view of them.
+    the test, and a separate connection's view of them; no outbox table.
     """
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     EFFECTS.metadata.drop_all(engine)
@@ -241,6 +261,7 @@ def effects(db_url: str) -> cabc.Iterator[Effects]:
     try:
         yield Effects(engine)
     finally:
+        EFFECTS.metadata.drop_all(engine)
         engine.dispose()
 
 

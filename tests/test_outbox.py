@@ -78,12 +78,13 @@ def outbox(
     effects: Effects,
 ) -> cabc.Iterator[cabc.Callable[..., Outbox]]:
     """Build an :class:`Outbox` on ``broker_kind`` with extra config."""
-    from flask_uow import CeleryBroker  # type: ignore[attr-defined]
-    from flask_uow import RQBroker  # type: ignore[attr-defined]
+    from flask_uow import CeleryBroker
+    from flask_uow import RQBroker
 
     closers: list[cabc.Callable[[], object]] = []
 
     def make(**config: t.Any) -> Outbox:
+        broker: t.Any
         if broker_kind == "celery":
             celery = make_celery(redis_server.url)
             closers.append(celery.close)
@@ -126,22 +127,23 @@ def add_views(box: Outbox) -> None:
     @app.post("/units/<key>")
     def commit(key: str) -> tuple[str, int]:
         uow.session.execute(sa.insert(UNITS).values(key=key))
-        uow.enqueue(task, key)  # type: ignore[attr-defined]
+        uow.enqueue(task, key)
         return key, 201
 
     @app.post("/rollback/<key>")
     def rollback(key: str) -> tuple[str, int]:
         uow.session.execute(sa.insert(UNITS).values(key=key))
-        uow.enqueue(task, key)  # type: ignore[attr-defined]
+        uow.enqueue(task, key)
         return key, 400
 
     @app.post("/savepoint/<key>")
     def savepoint(key: str) -> tuple[str, int]:
-        uow.enqueue(task, key)  # type: ignore[attr-defined]
-        with pytest.raises(LookupError):
-            with uow.transaction():
-                uow.enqueue(task, f"{key}-inner")  # type: ignore[attr-defined]
-                raise LookupError("roll the savepoint back")
+        with uow.transaction():
+            uow.enqueue(task, key)
+            with pytest.raises(LookupError):
+                with uow.transaction():  # A SAVEPOINT inside the block.
+                    uow.enqueue(task, f"{key}-inner")
+                    raise LookupError("roll the savepoint back")
         return key, 201
 
 
@@ -205,7 +207,7 @@ def test_enqueue_in_a_transaction_block_outside_a_request(
     box.start_worker()
     with box.app.app_context():
         with box.uow.transaction():
-            box.uow.enqueue(box.task, "cli")  # type: ignore[attr-defined]
+            box.uow.enqueue(box.task, "cli")
     assert effects.wait_for(["cli"], settle=0.5) == {"cli": 1}
 
 

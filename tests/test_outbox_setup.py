@@ -19,15 +19,16 @@ from flask_uow import UnitOfWork
 
 from .conftest import AppFactory
 from .outbox_tasks import apply_effect
+from .outbox_tasks import record_in_unit
 from .redis_server import RedisServer
 from .task_workers import Effects
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_outbox_tables")]
 
 
 @pytest.fixture
 def rq_broker(redis_server: RedisServer) -> cabc.Iterator[t.Any]:
-    from flask_uow import RQBroker  # type: ignore[attr-defined]
+    from flask_uow import RQBroker
 
     connection = redis.Redis.from_url(redis_server.url, socket_connect_timeout=1)
     try:
@@ -50,7 +51,7 @@ def test_off_attaches_nothing_and_touches_no_table(
         assert "uow_outbox" not in names
         with pytest.raises(RuntimeError, match="UOW_OUTBOX"):
             with uow.transaction():
-                uow.enqueue(apply_effect, "x")  # type: ignore[attr-defined]
+                uow.enqueue(apply_effect, "x")
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     try:
         assert not sa.inspect(engine).has_table("uow_outbox")
@@ -99,15 +100,13 @@ def test_non_json_argument_is_refused_at_enqueue(
     with app.app_context():
         with pytest.raises(TypeError, match="'when'.*JSON"):
             with uow.transaction():
-                uow.enqueue(  # type: ignore[attr-defined]
-                    apply_effect, "k", when=datetime.datetime.now()
-                )
+                uow.enqueue(apply_effect, "k", when=datetime.datetime.now())
         with pytest.raises(TypeError, match="argument 1.*JSON"):
             with uow.transaction():
-                uow.enqueue(apply_effect, "k", {1, 2})  # type: ignore[attr-defined]
+                uow.enqueue(apply_effect, "k", {1, 2})
         with pytest.raises(TypeError, match="import"):
             with uow.transaction():
-                uow.enqueue(lambda: None)  # type: ignore[attr-defined]
+                uow.enqueue(lambda: None)
 
 
 def test_outbox_tables_are_in_metadatas_and_created_at_first_use(
@@ -122,7 +121,7 @@ def test_outbox_tables_are_in_metadatas_and_created_at_first_use(
         names = {name for md in uow.metadatas.values() for name in md.tables}
         assert {"uow_outbox", "uow_processed"} <= names
         with uow.transaction():
-            key = uow.enqueue(apply_effect, "first")  # type: ignore[attr-defined]
+            key = uow.enqueue(apply_effect, "first")
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
@@ -158,7 +157,7 @@ def test_dead_after_failed_publishes(
     redis_server.stop()
     with app.app_context():
         with uow.transaction():
-            key = uow.enqueue(apply_effect, "doomed")  # type: ignore[attr-defined]
+            key = uow.enqueue(apply_effect, "doomed")
     runner = app.test_cli_runner()
     with caplog.at_level(logging.WARNING, logger="flask_uow"):
         for _ in range(2):
@@ -178,35 +177,43 @@ def test_isolation_captures_enqueued_tasks(
     rq_broker: t.Any,
     redis_server: RedisServer,
     effects: Effects,
-    db_url: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Under test isolation, committed units' tasks are captured, not
     published, savepoint rollbacks drop theirs, ``run_tasks`` runs them in
     the test, and the outbox rows roll back with the rest.
     """
-    monkeypatch.setenv("UOW_TEST_EFFECTS_URL", db_url)  # Where the task writes.
     app = make_app(UOW_OUTBOX=True, UOW_OUTBOX_BROKER=rq_broker, UOW_OUTBOX_GRACE=0)
 
     @app.post("/t/<key>")
     def view(key: str) -> tuple[str, int]:
-        uow.enqueue(apply_effect, key)  # type: ignore[attr-defined]
-        with pytest.raises(LookupError):
-            with uow.transaction():
-                uow.enqueue(apply_effect, f"{key}-inner")  # type: ignore[attr-defined]
-                raise LookupError
+        uow.enqueue(record_in_unit, key)
         return key, 201 if key != "bad" else 400
+
+    @app.post("/nested/<key>")
+    def nested(key: str) -> tuple[str, int]:
+        with uow.transaction():
+            with pytest.raises(LookupError):
+                with uow.transaction():  # A savepoint, rolled back.
+                    uow.enqueue(record_in_unit, f"{key}-inner")
+                    raise LookupError
+        return key, 201
 
     with Isolation(app) as isolation:
         client = app.test_client()
         assert client.post("/t/a").status_code == 201
         assert client.post("/t/bad").status_code == 400
-        captured = isolation.tasks  # type: ignore[attr-defined]
+        assert client.post("/nested/n").status_code == 201
+        captured = isolation.tasks
         assert [(task.name, task.args) for task in captured] == [
-            ("tests.outbox_tasks.apply_effect", ("a",))
+            ("tests.outbox_tasks.record_in_unit", ("a",))
         ]
         assert redis.Redis.from_url(redis_server.url).llen("rq:queue:default") == 0
-        isolation.run_tasks()  # type: ignore[attr-defined]
-        assert isolation.tasks == []  # type: ignore[attr-defined]
-    assert effects.counts() == {"a": 1}
-    assert effects.scalar("SELECT count(*) FROM uow_outbox") == 0
+        assert isolation.run_tasks() == 1
+        assert isolation.tasks == []
+        # The task ran in the test, its write isolated like the app's.
+        effect = sa.text("SELECT count(*) FROM effects WHERE key = 'a'")
+        assert isolation.connections["default"].execute(effect).scalar() == 1
+    assert effects.counts() == {}
+    # The outbox table was created under the isolation, and rolled back with
+    # the rows in it.
+    assert not sa.inspect(effects.engine).has_table("uow_outbox")
