@@ -159,6 +159,12 @@ class RQBroker(Broker):
                     f" import by its dotted name, not {task!r}. Define the job"
                     " function at the top level of a module."
                 )
+            if module == "__main__":
+                raise TypeError(
+                    f"'enqueue' with an RQBroker cannot use {qualname!r} from"
+                    " '__main__': an RQ worker would import its own '__main__'."
+                    " Import the job function from its module instead."
+                )
             name = f"{module}.{qualname}"
         return name, self.routes.get(name, self.queue)
 

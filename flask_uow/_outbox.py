@@ -252,25 +252,27 @@ class Outbox:
         connection = session.connection()
         dialect = connection.dialect.name
         values = {"key": key, "task": name[:255], "processed_at": utcnow()}
+        insert: t.Any
         if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            result = connection.execute(
-                pg_insert(processed).values(**values).on_conflict_do_nothing()
-            )
+            from sqlalchemy.dialects.postgresql import insert
         elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            result = connection.execute(
-                sqlite_insert(processed).values(**values).on_conflict_do_nothing()
-            )
-        else:
+            from sqlalchemy.dialects.sqlite import insert
+        else:  # pragma: no cover - the outbox is tested on these two
             if connection.execute(
                 sa.select(processed.c.key).where(processed.c.key == key)
             ).first():
                 return False
-            result = connection.execute(sa.insert(processed).values(**values))
-        return bool(result.rowcount)
+            connection.execute(sa.insert(processed).values(**values))
+            return True
+        # The inserted key comes back, or nothing on a conflict (rowcount
+        # is not reliable with ON CONFLICT across drivers).
+        statement = (
+            insert(processed)
+            .values(**values)
+            .on_conflict_do_nothing()
+            .returning(processed.c.key)
+        )
+        return connection.execute(statement).first() is not None
 
 
 def _setting(config: cabc.Mapping[str, t.Any], key: str) -> t.Any:
@@ -296,8 +298,8 @@ def current_task_key() -> str | None:
     """The id of the Celery task or RQ job running now, if any."""
     celery = sys.modules.get("celery")
     if celery is not None:
-        task = celery.current_task
-        if task is not None:
+        task = celery.current_task  # A proxy: false when no task runs.
+        if task:
             request = task.request
             if request.id and not request.called_directly:
                 return t.cast(str, request.id)

@@ -21,6 +21,7 @@ Run as ``python -m tests.outbox_app rq QUEUE...``, it is an RQ worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import typing as t
@@ -115,6 +116,11 @@ celery_app.task(name=RECORD_ONCE)(record_once)
 
 if os.environ.get("UOW_TEST_WORKER"):
     worker_app = create_app()
+    # "already processed" lines are what the chaos test counts.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("flask_uow").addHandler(handler)
+    logging.getLogger("flask_uow").setLevel(logging.INFO)
 
 
 def _load(keys: list[str]) -> None:
@@ -124,12 +130,20 @@ def _load(keys: list[str]) -> None:
         client.post(f"/{path}/{key}")
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "load":
-        _load(sys.argv[2:])
-    elif sys.argv[1] == "crash":
-        create_app().test_client().post(f"/crash/{sys.argv[2]}")
+def main(argv: list[str]) -> None:
+    """What ``python -m tests.outbox_app`` does; run from the imported
+    module, so that tasks are named after it, not after ``__main__``.
+    """
+    if argv[0] == "load":
+        _load(argv[1:])
+    elif argv[0] == "crash":
+        create_app().test_client().post(f"/crash/{argv[1]}")
         sys.exit("The process should have exited right after COMMIT.")
     else:
-        os.environ["UOW_TEST_WORKER"] = "1"
-        _run_rq_worker(sys.argv[2:] or ["default"])
+        _run_rq_worker((argv[1:] if argv[0] == "rq" else argv) or ["default"])
+
+
+if __name__ == "__main__":
+    from tests import outbox_app
+
+    outbox_app.main(sys.argv[1:])

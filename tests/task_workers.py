@@ -29,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: How long a worker may take to say it is ready.
 START_TIMEOUT = 30.0
 #: How long a worker may take to exit after SIGTERM before it is killed.
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 3.0
 
 
 class Worker:
