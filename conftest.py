@@ -11,4 +11,6 @@ pytest_plugins = [
     "tests.pgtwophase",
     "tests.redis_server",
     "tests.task_workers",
+    "tests.pgbouncer",
+    "tests.deploying",
 ]

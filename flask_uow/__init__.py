@@ -10,6 +10,7 @@ from ._pagination import Pagination as Pagination
 from ._query_info import get_recorded_queries as get_recorded_queries
 from ._query_info import NPlusOneWarning as NPlusOneWarning
 from ._query_info import QueryRecord as QueryRecord
+from ._recovery import RecoveryIncompleteError as RecoveryIncompleteError
 from ._recovery import Resolution as Resolution
 from ._retry import is_transient_error as is_transient_error
 from .signals import after_begin as after_begin
@@ -29,6 +30,7 @@ __all__ = [
     "NPlusOneWarning",
     "QueryRecord",
     "RQBroker",
+    "RecoveryIncompleteError",
     "Resolution",
     "TransactionAbortedError",
     "UnitOfWork",

@@ -14,8 +14,6 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask
-from flask.globals import _cv_app
-from flask.globals import _cv_request
 
 from . import _lifecycle
 from . import _outbox
@@ -48,7 +46,10 @@ from ._replicas import create_replicas
 from ._replicas import Replicas
 from ._retry import is_transient_error
 from ._sqlite import begin_modes
+from ._sqlite import warn_under_gevent
+from ._state import app_context
 from ._state import current_app_and_state
+from ._state import request_context
 from ._state import State
 from ._state import unknown_app
 from ._twophase import check_two_phase
@@ -161,9 +162,10 @@ class UnitOfWork(
             created += replicas.engines() if replicas else ()
             two_phase = check_two_phase(app.config["UOW_TWO_PHASE"], engines)
             factory = _sessionmaker(engines, options)
-        state = State(app, engines, factory, app.config, self)
+        state = State(engines, factory, app.config, self)
         # Each capability sets itself up; the order matters only where a
         # comment says so.
+        warn_under_gevent(app.logger, engines)
         modes = begin_modes(engines.values())
         if modes is not None:  # Before the lifecycle: see BeginModes.after_begin.
             state.opened.append(modes.opened)
@@ -206,12 +208,12 @@ class UnitOfWork(
             set up with :meth:`init_app`.
         """
         # The hot path: a view may use the session many times per request.
-        ctx = _cv_app.get(None)
+        ctx = app_context()
         if ctx is not None:
             app = ctx.app
             state = self._states.get(app)
             if state is not None:
-                rctx = _cv_request.get(None)
+                rctx = request_context()
                 if rctx is not None and rctx.app is app:
                     unit = rctx.request.environ.get(state.key)
                     if unit is not None and unit.session is not None:
@@ -236,11 +238,10 @@ class UnitOfWork(
         open new connections when needed.
 
         Pools are disposed when the app is garbage collected too. Call this
-        when an app is shut down explicitly. In a worker process forked after
-        the engines were used (a server that loads the app before forking),
-        call it with ``close=False`` before the worker first uses the database,
-        so that it drops the connections it inherited without closing them
-        under the parent.
+        when an app is shut down explicitly. A process forked after the
+        engines were used (``gunicorn --preload``, ``multiprocessing``) needs
+        no call: flask_uow drops the pools it inherited, without closing the
+        parent's connections, right after the fork (see :doc:`/deploying`).
 
         :param app: The app; the current app if not given.
         :param close: Close the pooled connections (the default), or only
