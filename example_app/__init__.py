@@ -2,7 +2,9 @@
 
 Run it with ``flask --app example_app run``. It uses SQLite in the instance
 folder unless ``LEDGER_DATABASE_URL`` names another database, for example
-``postgresql+psycopg://user@localhost/ledger``.
+``postgresql+psycopg://user@localhost/ledger``. With ``LEDGER_TASKS_BROKER``
+(a Redis URL) notifications are Celery tasks sent through the outbox (see
+``example_app/tasks.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     }
     if config:
         app.config.update(config)
+    broker = app.config.get(
+        "LEDGER_TASKS_BROKER", os.environ.get("LEDGER_TASKS_BROKER")
+    )
+    if broker:
+        from . import tasks
+
+        tasks.configure(app, broker)
     uow.init_app(app)
 
     from . import audit
