@@ -8,6 +8,8 @@ from __future__ import annotations
 import collections.abc as cabc
 import datetime
 import logging
+import threading
+import time
 import typing as t
 
 import pytest
@@ -135,6 +137,42 @@ def test_outbox_tables_are_in_metadatas_and_created_at_first_use(
         engine.dispose()
 
 
+def test_tables_created_once_by_concurrent_first_units(
+    make_app: AppFactory, uow: UnitOfWork, rq_broker: t.Any, effects: Effects
+) -> None:
+    """Two units enqueue their first task at the same time, while no table
+    exists: the second waits for the first's lock (and commit) instead of
+    failing to create the tables again; both rows are written.
+    """
+    app = make_app(UOW_OUTBOX=True, UOW_OUTBOX_BROKER=rq_broker, UOW_OUTBOX_GRACE=60)
+    first_enqueued = threading.Event()
+    errors: list[BaseException] = []
+
+    def unit(name: str, before: threading.Event | None) -> None:
+        try:
+            with app.app_context():
+                if before is not None:
+                    assert before.wait(10)
+                with uow.transaction():
+                    uow.enqueue(apply_effect, name)
+                    if before is None:
+                        first_enqueued.set()
+                        time.sleep(0.5)  # Still holding the lock.
+        except BaseException as e:  # Reported by the test thread.
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=unit, args=("first", None)),
+        threading.Thread(target=unit, args=("second", first_enqueued)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert effects.scalar("SELECT count(*) FROM uow_outbox") == 2
+
+
 def test_dead_after_failed_publishes(
     make_app: AppFactory,
     uow: UnitOfWork,
@@ -169,6 +207,55 @@ def test_dead_after_failed_publishes(
     assert dead.exit_code == 0
     assert key in dead.output and "tests.outbox_tasks.apply_effect" in dead.output
     assert effects.scalar("SELECT count(*) FROM uow_outbox WHERE dead_at IS NULL") == 0
+
+
+def test_failed_publish_backs_off(
+    make_app: AppFactory,
+    uow: UnitOfWork,
+    rq_broker: t.Any,
+    redis_server: RedisServer,
+    effects: Effects,
+) -> None:
+    """A failed publish counts an attempt, records the error and moves the
+    row's due time forward by the retry delay (with jitter, at least half of
+    it): the next relay pass leaves it alone; once due, it is published.
+    """
+    app = make_app(
+        UOW_OUTBOX=True,
+        UOW_OUTBOX_BROKER=rq_broker,
+        UOW_OUTBOX_GRACE=0,
+        UOW_OUTBOX_RETRY_DELAY=30,
+    )
+    redis_server.stop()
+    with app.app_context():
+        with uow.transaction():
+            key = uow.enqueue(apply_effect, "later")
+    runner = app.test_cli_runner()
+    assert "Published 0 tasks" in runner.invoke(args=["uow", "relay", "--once"]).output
+    row = "SELECT attempts, last_error FROM uow_outbox WHERE key = :key"
+    with effects.engine.connect() as conn:
+        attempts, error = conn.execute(sa.text(row), {"key": key}).one()
+        waits = conn.execute(
+            sa.select(sa.text("due_at"), sa.text("created_at")).select_from(
+                sa.table("uow_outbox")
+            )
+        ).one()
+    assert attempts == 1 and "Connection" in error
+    due, created = (
+        value
+        if isinstance(value, datetime.datetime)
+        else datetime.datetime.fromisoformat(value)
+        for value in waits
+    )
+    assert due - created >= datetime.timedelta(seconds=15)
+    redis_server.start()
+    # Not due yet: the broker is back, but the relay waits for the backoff.
+    assert "Published 0 tasks" in runner.invoke(args=["uow", "relay", "--once"]).output
+    assert effects.scalar("SELECT attempts FROM uow_outbox") == 1
+    with effects.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE uow_outbox SET due_at = created_at"))
+    assert "Published 1 tasks" in runner.invoke(args=["uow", "relay", "--once"]).output
+    assert effects.scalar("SELECT count(*) FROM uow_outbox WHERE sent_at IS NULL") == 0
 
 
 def test_isolation_captures_enqueued_tasks(
