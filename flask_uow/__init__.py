@@ -4,6 +4,8 @@ from ._brokers import CeleryBroker as CeleryBroker
 from ._brokers import RQBroker as RQBroker
 from ._changes import Change as Change
 from ._config import UnknownConfigKeyWarning as UnknownConfigKeyWarning
+from ._current import CurrentSession as CurrentSession
+from ._detached import DetachedWriteWarning as DetachedWriteWarning
 from ._extension import UnitOfWork as UnitOfWork
 from ._lifecycle import default_commit_veto as default_commit_veto
 from ._pagination import Pagination as Pagination
@@ -25,6 +27,8 @@ __all__ = [
     "CapturedTask",
     "CeleryBroker",
     "Change",
+    "CurrentSession",
+    "DetachedWriteWarning",
     "Isolation",
     "Pagination",
     "NPlusOneWarning",

@@ -42,6 +42,7 @@ KNOWN_KEYS = frozenset(
         "UOW_OUTBOX_RETRY_MAX_DELAY",
         "UOW_OUTBOX_DEAD_AFTER",
         "UOW_OUTBOX_KEEP",
+        "UOW_DETACHED_WRITES",
     }
 )
 

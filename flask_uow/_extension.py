@@ -15,10 +15,12 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask
 
+from . import _detached
 from . import _lifecycle
 from . import _outbox
 from . import _relay
 from . import _replica_hooks
+from . import _shared_context
 from . import _streaming
 from . import _twophase
 from ._api_outbox import OutboxMethods
@@ -28,9 +30,9 @@ from ._api_transactions import TransactionMethods
 from ._config import check_config
 from ._config import session_options
 from ._config import session_options_error
+from ._current import CurrentSession
 from ._engines import bind_key_cache
 from ._engines import create_engines
-from ._engines import RoutingSession
 from ._helpers import RequestHelpers
 from ._lifecycle import default_commit_veto
 from ._models import check_flask_sqlalchemy_config
@@ -47,11 +49,8 @@ from ._replicas import Replicas
 from ._retry import is_transient_error
 from ._sqlite import begin_modes
 from ._sqlite import warn_under_gevent
-from ._state import app_context
 from ._state import current_app_and_state
-from ._state import request_context
 from ._state import State
-from ._state import unknown_app
 from ._twophase import check_two_phase
 from ._twophase import Coordinator
 
@@ -106,6 +105,15 @@ class UnitOfWork(
         self._states: weakref.WeakKeyDictionary[Flask, State] = (
             weakref.WeakKeyDictionary()
         )
+        #: The session of the current unit of work: the current request's, or
+        #: outside requests the current application context's, made on first
+        #: use. It is one object, a :class:`~flask_uow.CurrentSession` (a
+        #: :class:`~sqlalchemy.orm.scoped_session`), that may be taken at
+        #: import time and handed to anything that wants a session; each use
+        #: resolves to the current unit's session, and with no application
+        #: context raises ``RuntimeError``. ``uow.session()`` returns the
+        #: session itself.
+        self.session = CurrentSession(self._states)
         self._replicas: weakref.WeakKeyDictionary[Flask, Replicas] = (
             weakref.WeakKeyDictionary()
         )
@@ -153,6 +161,7 @@ class UnitOfWork(
             app.config.setdefault(key, value)
         check_config(app.config)
         query_settings = read_settings(app)
+        detached_writes = _detached.read_mode(app)
         options = session_options(app.config["UOW_SESSION_OPTIONS"])
         entries, listed = split_replicas(app.config.get("UOW_ENGINES"))
         engines = create_engines(entries, app.instance_path)
@@ -161,7 +170,7 @@ class UnitOfWork(
             replicas = create_replicas(app, engines, listed, entries)
             created += replicas.engines() if replicas else ()
             two_phase = check_two_phase(app.config["UOW_TWO_PHASE"], engines)
-            factory = _sessionmaker(engines, options)
+            factory = _sessionmaker(engines, options, self.session.session_class)
         state = State(engines, factory, app.config, self)
         # Each capability sets itself up; the order matters only where a
         # comment says so.
@@ -178,6 +187,8 @@ class UnitOfWork(
         # Before the lifecycle, so that the Server-Timing hook sees the commit.
         self._insight.install(app, state, query_settings, replicas)
         _lifecycle.install(app, state)
+        _shared_context.install(state)
+        _detached.install(state, detached_writes)
         _streaming.install(app, state)
         coordinator = _twophase.install(state, two_phase)
         if coordinator is not None:
@@ -197,31 +208,6 @@ class UnitOfWork(
 
     def _state(self, app: Flask | None = None) -> tuple[Flask, State]:
         return current_app_and_state(self._states, app)
-
-    @property
-    def session(self) -> orm.Session:
-        """The session of the current unit of work: the current request's, or
-        outside requests the current application context's. It is created on
-        first access; no connection is checked out until it runs a statement.
-
-        :raise RuntimeError: There is no application context, or the app was not
-            set up with :meth:`init_app`.
-        """
-        # The hot path: a view may use the session many times per request.
-        ctx = app_context()
-        if ctx is not None:
-            app = ctx.app
-            state = self._states.get(app)
-            if state is not None:
-                rctx = request_context()
-                if rctx is not None and rctx.app is app:
-                    unit = rctx.request.environ.get(state.key)
-                    if unit is not None and unit.session is not None:
-                        return unit.session  # type: ignore[no-any-return]
-                return state.session(app)
-            raise unknown_app(app)
-        app, state = self._state()
-        return state.session(app)
 
     @property
     def engines(self) -> cabc.Mapping[str, sa.Engine]:
@@ -264,14 +250,17 @@ def _disposed_on_error(engines: list[sa.Engine]) -> cabc.Iterator[None]:
 
 
 def _sessionmaker(
-    engines: dict[str, sa.Engine], options: dict[str, t.Any]
+    engines: dict[str, sa.Engine],
+    options: dict[str, t.Any],
+    class_: type[orm.Session],
 ) -> orm.sessionmaker[orm.Session]:
-    """The app's sessionmaker; unknown session options are refused now, not
-    mid-request.
+    """The app's sessionmaker, over a subclass of *class_* (the one class
+    of the UnitOfWork's sessions); unknown session options are refused now,
+    not mid-request.
     """
     try:
         factory: orm.sessionmaker[orm.Session] = orm.sessionmaker(
-            engines["default"], class_=RoutingSession, engines=engines, **options
+            engines["default"], class_=class_, engines=engines, **options
         )
         bind_key_cache(factory)
         factory().close()
