@@ -5,4 +5,9 @@ repository's configuration blocks that (``-p no:flask_uow`` in pyproject.toml)
 and loads it here instead, after coverage measurement has started.
 """
 
-pytest_plugins = ["flask_uow.pytest_plugin", "pytester", "tests.pgtwophase"]
+pytest_plugins = [
+    "flask_uow.pytest_plugin",
+    "pytester",
+    "tests.pgtwophase",
+    "tests.otel",
+]
