@@ -28,19 +28,24 @@ from opentelemetry.sdk.metrics import Histogram
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics import UpDownCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
-    InMemorySpanExporter,
-)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-_DELTA = {
+_DELTA: dict[type, AggregationTemporality] = {
     Counter: AggregationTemporality.DELTA,
     UpDownCounter: AggregationTemporality.DELTA,
     Histogram: AggregationTemporality.DELTA,
 }
+
+
+def attrs(item: t.Any) -> dict[str, t.Any]:
+    """The attributes of a span or a span event, as a plain dict."""
+    return dict(item.attributes or {})
 
 
 @dataclasses.dataclass
@@ -89,7 +94,7 @@ class Telemetry:
 
     def children(self, span: ReadableSpan) -> list[ReadableSpan]:
         """The finished spans whose parent is *span*."""
-        span_id = span.context.span_id  # type: ignore[union-attr]
+        span_id = span.context.span_id
         return [s for s in self.spans() if s.parent and s.parent.span_id == span_id]
 
     def descendants(self, span: ReadableSpan) -> list[ReadableSpan]:
@@ -111,11 +116,10 @@ class Telemetry:
                     self.units[metric.name] = metric.unit or ""
                     points = self._points.setdefault(metric.name, [])
                     for p in metric.data.data_points:
-                        value = getattr(p, "value", None)
-                        if value is None:  # A histogram point.
-                            points.append(Point(dict(p.attributes or {}), p.sum, p.count))
-                        else:
-                            points.append(Point(dict(p.attributes or {}), value))
+                        if isinstance(p, NumberDataPoint):
+                            points.append(Point(attrs(p), p.value))
+                        elif isinstance(p, HistogramDataPoint):
+                            points.append(Point(attrs(p), p.sum, p.count))
 
     def points(self, name: str) -> list[Point]:
         """The data points of metric *name* recorded so far in this test."""
@@ -135,13 +139,13 @@ class Telemetry:
     @contextlib.contextmanager
     def flask_instrumented(self, app: Flask) -> cabc.Iterator[Flask]:
         """*app* with OpenTelemetry's Flask instrumentation, for the block."""
-        FlaskInstrumentor().instrument_app(
+        FlaskInstrumentor().instrument_app(  # type: ignore[no-untyped-call]
             app, tracer_provider=self.providers.tracer_provider
         )
         try:
             yield app
         finally:
-            FlaskInstrumentor().uninstrument_app(app)
+            FlaskInstrumentor().uninstrument_app(app)  # type: ignore[no-untyped-call]
 
     @contextlib.contextmanager
     def sqlalchemy_instrumented(

@@ -8,6 +8,8 @@ Specification tests, written before the feature: they fail until phase B.
 
 from __future__ import annotations
 
+import collections.abc as cabc
+import contextlib
 import pathlib
 
 import sqlalchemy as sa
@@ -15,11 +17,13 @@ from flask import Flask
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace import StatusCode
 
+from flask_uow import is_transient_error
 from flask_uow import UnitOfWork
 
 from .conftest import AppFactory
 from .conftest import Database
 from .models import Counter
+from .otel import attrs
 from .otel import Telemetry
 from .telemetry_apps import traced_app
 from .test_retries import WriteLock
@@ -87,7 +91,7 @@ def test_rolled_back_requests_say_rollback(
     assert client.post("/raises").status_code == 500
     assert db.names() == []
     units = telemetry.named("flask_uow.unit")
-    assert [u.attributes["flask_uow.outcome"] for u in units] == [  # type: ignore[index]
+    assert [attrs(u)["flask_uow.outcome"] for u in units] == [
         "rollback",
         "rollback",
     ]
@@ -109,7 +113,7 @@ def test_a_refused_commit_says_aborted(
     assert app.test_client().post("/aborted").status_code == 500
     assert db.names() == []
     unit = telemetry.one("flask_uow.unit")
-    assert unit.attributes["flask_uow.outcome"] == "aborted"  # type: ignore[index]
+    assert attrs(unit)["flask_uow.outcome"] == "aborted"
     assert unit.status.status_code == StatusCode.ERROR
     assert "TransactionAbortedError" in (unit.status.description or "")
     assert telemetry.named("flask_uow.commit") == []  # No COMMIT was sent.
@@ -130,16 +134,14 @@ def test_a_failed_commit_says_error(
     app = traced_app(make_app, uow, db_url, backend)
     assert app.test_client().post("/commit-fails").status_code == 500
     unit = telemetry.one("flask_uow.unit")
-    assert unit.attributes["flask_uow.outcome"] == "error"  # type: ignore[index]
+    assert attrs(unit)["flask_uow.outcome"] == "error"
     assert unit.status.status_code == StatusCode.ERROR
     commit = telemetry.one("flask_uow.commit")
     assert commit.parent is not None
-    assert commit.parent.span_id == unit.context.span_id  # type: ignore[union-attr]
+    assert commit.parent.span_id == unit.context.span_id
     assert commit.status.status_code == StatusCode.ERROR
     events = [e for e in commit.events if e.name == "exception"]
-    assert events and events[0].attributes["exception.type"].endswith(  # type: ignore[index]
-        "IntegrityError"
-    )
+    assert events and attrs(events[0])["exception.type"].endswith("IntegrityError")
 
 
 def test_the_commit_is_a_child_span_apart_from_the_work(
@@ -189,15 +191,15 @@ def test_spans_nest_under_flask_and_above_sqlalchemy(
     request_span = telemetry.one("GET /items")
     unit = telemetry.one("flask_uow.unit")
     assert unit.parent is not None
-    assert unit.parent.span_id == request_span.context.span_id  # type: ignore[union-attr]
+    assert unit.parent.span_id == request_span.context.span_id
     statements = [
         s for s in telemetry.spans() if (s.attributes or {}).get("db.statement")
     ]
     assert statements, "the SQLAlchemy instrumentation recorded no statement"
     under_unit = telemetry.descendants(unit)
     assert all(s in under_unit for s in statements)
-    assert {s.context.trace_id for s in telemetry.spans()} == {  # type: ignore[union-attr]
-        request_span.context.trace_id  # type: ignore[union-attr]
+    assert {s.context.trace_id for s in telemetry.spans()} == {
+        request_span.context.trace_id
     }
 
 
@@ -253,43 +255,55 @@ def test_a_block_outside_requests_is_a_root_span(
     assert unit.parent is None
 
 
-def fail_first_attempt(
+@contextlib.contextmanager
+def first_attempt_fails(
     uow: UnitOfWork, app: Flask, db_url: str, backend: str
-) -> list[int]:
-    """Add a view whose transactional function's first attempt fails for
-    real with a transient error: on PostgreSQL another client commits an
-    update to the row the SERIALIZABLE attempt read (SQLSTATE 40001); on
-    SQLite another connection holds the write lock ("database is locked").
-    Returns the list of attempts made.
+) -> cabc.Iterator[list[int]]:
+    """Add a view at '/bump' whose transactional function's first attempt
+    fails for real with a transient error, for the block: on PostgreSQL
+    another client commits an update to the row the SERIALIZABLE attempt read
+    (SQLSTATE 40001); on SQLite (in WAL mode, with no busy timeout) another
+    connection holds the write lock until the retry is decided. Yields the
+    attempts made.
     """
     attempts: list[int] = []
     other = sa.create_engine(db_url, poolclass=sa.NullPool)
     with other.begin() as conn:
         conn.execute(sa.insert(Counter).values(id=1, value=0))
-    other.dispose()
+    isolation = "SERIALIZABLE" if backend == "postgresql" else None
 
-    @uow.transactional(retries=2, isolation_level="SERIALIZABLE")
+    @uow.transactional(retries=2, isolation_level=isolation)
     def bump() -> None:
         attempts.append(len(attempts) + 1)
         session = uow.session
         session.execute(sa.select(Counter.value)).all()
-        if len(attempts) > 1:
-            session.execute(sa.update(Counter).values(value=Counter.value + 1))
-        elif backend == "postgresql":
+        if len(attempts) == 1 and backend == "postgresql":
             with other.begin() as conn:
                 conn.execute(sa.update(Counter).values(value=10))
-            other.dispose()
-            session.execute(sa.update(Counter).values(value=Counter.value + 1))
-        else:
-            with WriteLock(pathlib.Path(sa.make_url(db_url).database or "")):
-                session.execute(sa.update(Counter).values(value=10))
+        session.execute(sa.update(Counter).values(value=Counter.value + 1))
 
     @app.post("/bump")
     def bump_view() -> str:
         bump()
         return "ok"
 
-    return attempts
+    try:
+        if backend == "postgresql":
+            yield attempts
+            return
+        with app.app_context():  # The first connection switches to WAL.
+            uow.session.execute(sa.select(1))
+        path = pathlib.Path(sa.make_url(db_url).database or "")
+        with WriteLock(path) as lock:
+
+            @uow.retry_classifier
+            def release_then_retry(exc: BaseException) -> bool:
+                lock.release()  # The other writer finishes; a retry succeeds.
+                return is_transient_error(exc)
+
+            yield attempts
+    finally:
+        other.dispose()
 
 
 def test_retries_are_events_on_the_transaction_span(
@@ -306,15 +320,17 @@ def test_retries_are_events_on_the_transaction_span(
     """
     engine = {"connect_args": {"timeout": 0}} if backend == "sqlite" else {}
     app = traced_app(make_app, uow, db_url, backend, engine_options=engine)
-    attempts = fail_first_attempt(uow, app, db_url, backend)
-    assert app.test_client().post("/bump").status_code == 200
+    with first_attempt_fails(uow, app, db_url, backend) as attempts:
+        assert app.test_client().post("/bump").status_code == 200
     assert attempts == [1, 2]
-    assert db.scalar("SELECT value FROM counters") == (11 if backend == "postgresql" else 1)
+    assert db.scalar("SELECT value FROM counters") == (
+        11 if backend == "postgresql" else 1
+    )
     block = telemetry.one("flask_uow.transaction")
-    assert block.attributes["flask_uow.attempts"] == 2  # type: ignore[index]
-    assert block.attributes["flask_uow.outcome"] == "commit"  # type: ignore[index]
+    assert attrs(block)["flask_uow.attempts"] == 2
+    assert attrs(block)["flask_uow.outcome"] == "commit"
     (retry,) = [e for e in block.events if e.name == "flask_uow.retry"]
-    assert retry.attributes["flask_uow.attempt"] == 1  # type: ignore[index]
-    assert retry.attributes["exception.type"] == "sqlalchemy.exc.OperationalError"  # type: ignore[index]
+    assert attrs(retry)["flask_uow.attempt"] == 1
+    assert attrs(retry)["exception.type"] == "sqlalchemy.exc.OperationalError"
     expected = "40001" if backend == "postgresql" else "SQLITE_BUSY"
-    assert retry.attributes["db.response.status_code"] == expected  # type: ignore[index]
+    assert attrs(retry)["db.response.status_code"] == expected

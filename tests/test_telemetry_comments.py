@@ -1,0 +1,286 @@
+"""SQL that says where it came from (issue 23, section 3): sqlcommenter
+comments on every statement of a unit, as the database receives them.
+
+Specification tests, written before the feature: they fail until phase B.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import os
+import typing as t
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_uow import UnitOfWork
+from telemetry_draft.sqlcomment import parse_comment
+
+from .conftest import AppFactory
+from .conftest import Database
+from .models import Item
+from .otel import Telemetry
+
+#: Built to break out of the quoted value, the comment and the statement.
+HOSTILE_RULE = "/q/*/--'\"\\;/<path:rest>"
+HOSTILE_ENDPOINT = "e'*/ DROP TABLE items; /*"
+
+
+def seen_by_sqlite(uow: UnitOfWork, app: Flask) -> list[str]:
+    """Every statement text the SQLite library itself runs from now on."""
+    seen: list[str] = []
+
+    def trace(dbapi_connection: t.Any, record: object) -> None:
+        dbapi_connection.set_trace_callback(seen.append)
+
+    with app.app_context():
+        sa.event.listen(uow.engine, "connect", trace)
+    return seen
+
+
+def commented_app(
+    make_app: AppFactory, uow: UnitOfWork, db_url: str, **config: t.Any
+) -> Flask:
+    app = make_app(
+        UOW_ENGINES={"default": {"url": db_url, "poolclass": sa.NullPool}}, **config
+    )
+
+    @app.get("/items/<int:id>", endpoint="item")
+    def item(id: int) -> str:
+        return str(uow.session.get(Item, id))
+
+    @app.route(HOSTILE_RULE, endpoint=HOSTILE_ENDPOINT, methods=["GET"])
+    def hostile(rest: str) -> str:
+        return str(uow.session.scalar(sa.select(sa.func.count(Item.id))))
+
+    return app
+
+
+def user_statements(seen: cabc.Iterable[str]) -> list[str]:
+    control = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PRAGMA")
+    return [s for s in seen if not s.lstrip().upper().startswith(control)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_receives_the_comment(
+    make_app: AppFactory, uow: UnitOfWork, db_url: str
+) -> None:
+    """Each statement of a request reaches SQLite with the endpoint, the
+    route and the method in a sqlcommenter comment, and no traceparent when
+    OpenTelemetry is off.
+    """
+    app = commented_app(make_app, uow, db_url, UOW_SQL_COMMENTS=True)
+    seen = seen_by_sqlite(uow, app)
+    assert app.test_client().get("/items/7").status_code == 200
+    statements = user_statements(seen)
+    assert statements
+    for statement in statements:
+        assert parse_comment(statement) == {
+            "controller": "item",
+            "method": "GET",
+            "route": "/items/<int:id>",
+        }
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_location_names_the_calling_line(
+    make_app: AppFactory, uow: UnitOfWork, db_url: str
+) -> None:
+    """With UOW_SQL_COMMENTS = "location" the comment also has the file:line
+    of the application code that ran the statement.
+    """
+    app = commented_app(make_app, uow, db_url, UOW_SQL_COMMENTS="location")
+    seen = seen_by_sqlite(uow, app)
+
+    @app.get("/here")
+    def here() -> str:
+        line = here.__code__.co_firstlineno + 2
+        uow.session.execute(sa.select(1))
+        return str(line)
+
+    response = app.test_client().get("/here")
+    (statement,) = user_statements(seen)
+    fields = parse_comment(statement)
+    assert fields["location"] == f"{__file__}:{response.get_data(as_text=True)}"
+    assert fields["controller"] == "here"
+
+
+def test_traceparent_is_the_active_span(
+    make_app: AppFactory,
+    uow: UnitOfWork,
+    db_url: str,
+    backend: str,
+    telemetry: Telemetry,
+) -> None:
+    """With spans on, the comment's traceparent names the unit's trace and a
+    span of it (W3C format, sampled).
+    """
+    app = commented_app(
+        make_app, uow, db_url, UOW_SQL_COMMENTS=True, UOW_OPENTELEMETRY=True
+    )
+    texts: list[str] = []
+    with app.app_context():
+        sa.event.listen(
+            uow.engine,
+            "after_cursor_execute",
+            lambda conn, cursor, statement, *a: texts.append(statement),
+        )
+    app.test_client().get("/items/1")
+    unit = telemetry.one("flask_uow.unit")
+    double = backend == "postgresql"
+    (statement,) = user_statements(texts)
+    version, trace_id, span_id, flags = parse_comment(statement, double_percent=double)[
+        "traceparent"
+    ].split("-")
+    assert (version, flags) == ("00", "01")
+    assert int(trace_id, 16) == unit.context.trace_id
+    ids = {s.context.span_id for s in [unit, *telemetry.descendants(unit)]}
+    assert int(span_id, 16) in ids
+
+
+def test_nothing_user_controlled_closes_the_comment(
+    make_app: AppFactory,
+    uow: UnitOfWork,
+    db_url: str,
+    backend: str,
+    db: Database,
+    telemetry: Telemetry,
+) -> None:
+    """A route rule, an endpoint and trace headers built to close the
+    comment leave the statement intact: it runs, the table is still there,
+    and the fields read back exactly.
+    """
+    app = commented_app(
+        make_app, uow, db_url, UOW_SQL_COMMENTS=True, UOW_OPENTELEMETRY=True
+    )
+    texts: list[str] = []
+    with app.app_context():
+        sa.event.listen(
+            uow.engine,
+            "after_cursor_execute",
+            lambda conn, cursor, statement, *a: texts.append(statement),
+        )
+    headers = {
+        "traceparent": "00-*/ DROP TABLE items; /*-'--",
+        "tracestate": "a=*/,b='\\",
+    }
+    with telemetry.flask_instrumented(app):
+        response = app.test_client().get("/q/*/--'\"\\;/x*/y", headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert db.names() == []  # The table still exists.
+    (statement,) = user_statements(texts)
+    fields = parse_comment(statement, double_percent=backend == "postgresql")
+    assert fields["route"] == HOSTILE_RULE
+    assert fields["controller"] == HOSTILE_ENDPOINT
+    assert statement.count("*/") == 1 and statement.rstrip().endswith("*/")
+
+
+def backend_view(
+    app: Flask, uow: UnitOfWork, db: Database
+) -> cabc.Callable[[int], t.Any]:
+    """Add a view that runs one query and then reads, from a separate
+    connection, what pg_stat_activity shows of the view's connection.
+    """
+
+    @app.get("/activity/<int:n>")
+    def activity(n: int) -> dict[str, t.Any]:
+        session = uow.session
+        pid = session.scalar(sa.text("SELECT pg_backend_pid()"))
+        session.execute(sa.select(Item.name).where(Item.id == n)).all()
+        with db.engine.connect() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT query, query_id FROM pg_stat_activity WHERE pid = :pid"
+                ),
+                {"pid": pid},
+            ).one()
+        return {"query": row.query, "query_id": row.query_id}
+
+    return activity
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_pg_stat_activity_shows_the_comment_and_the_same_query_id(
+    make_app: AppFactory, uow: UnitOfWork, db_url: str, db: Database
+) -> None:
+    """PostgreSQL sees the comment (pg_stat_activity), and the query id it
+    computes, which pg_stat_statements groups by, is the same with and
+    without comments and for different comments.
+    """
+    options = {"connect_args": {"options": "-c compute_query_id=on"}}
+    ids = []
+    for comments in (True, False):
+        app = make_app(
+            UOW_ENGINES={
+                "default": {"url": db_url, "poolclass": sa.NullPool, **options}
+            },
+            UOW_SQL_COMMENTS=comments,
+        )
+        view = backend_view(app, uow, db)
+        app.add_url_rule("/other/<int:n>", "other", view)
+
+        client = app.test_client()
+        for path in ("/activity/1", "/other/2"):
+            seen = client.get(path).get_json()
+            if comments:
+                fields = parse_comment(seen["query"])
+                assert fields["controller"] == path.split("/")[1]
+                assert fields["method"] == "GET"
+            else:
+                assert "/*" not in seen["query"]
+            assert seen["query_id"] is not None
+            ids.append(seen["query_id"])
+    assert len(set(ids)) == 1
+
+
+@pytest.fixture(scope="session")
+def pg_stat_statements_url() -> str:
+    """A PostgreSQL server that preloads pg_stat_statements. The pgserver
+    package ships no contrib modules, so this needs UOW_TEST_STATEMENTS_URL
+    (a server with shared_preload_libraries=pg_stat_statements); missing, the
+    test fails in CI and is skipped elsewhere.
+    """
+    url = os.environ.get("UOW_TEST_STATEMENTS_URL")
+    if url:
+        return url
+    message = (
+        "No server with pg_stat_statements: pgserver ships no contrib modules."
+        " Set UOW_TEST_STATEMENTS_URL to a database on a server started with"
+        " shared_preload_libraries=pg_stat_statements."
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_pg_stat_statements_groups_commented_statements(
+    make_app: AppFactory, uow: UnitOfWork, pg_stat_statements_url: str
+) -> None:
+    """Requests to different endpoints run one query; pg_stat_statements
+    shows it as one entry with their total count.
+    """
+    engine = sa.create_engine(pg_stat_statements_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS items (id int, name text)")
+        conn.exec_driver_sql("SELECT pg_stat_statements_reset()")
+    app = make_app(
+        UOW_ENGINES={"default": pg_stat_statements_url}, UOW_SQL_COMMENTS=True
+    )
+    for endpoint in ("a", "b", "c"):
+        app.add_url_rule(
+            f"/{endpoint}",
+            endpoint,
+            lambda: str(
+                uow.session.execute(sa.select(Item.name).where(Item.id == 1)).all()
+            ),
+        )
+        assert app.test_client().get(f"/{endpoint}").status_code == 200
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT calls FROM pg_stat_statements WHERE query LIKE 'SELECT items.name%'"
+        ).all()
+    engine.dispose()
+    assert [row.calls for row in rows] == [3]
