@@ -34,7 +34,6 @@ from . import recording
 from . import replicas
 from . import requests
 from . import twophase
-from .apps import VARIANTS
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 PACKAGES = [
@@ -162,28 +161,11 @@ def main(argv: list[str] | None = None) -> int:
 
             for backend, url in urls.items():
                 print(f"Requests on {backend}...", file=sys.stderr)
-                results, no_session = requests.run(backend, url, rounds, per_round)
-                if not no_session:
-                    failures.append(
-                        f"{backend}: a request without the database created a session"
-                    )
-                rows = []
-                for r in results:
-                    cells = [r.kind]
-                    for variant in VARIANTS:
-                        cells.append(f"{r.median_us[variant]:.1f}")
-                        if variant != "baseline":
-                            cells[-1] += f" ({r.ratio(variant):.3f})"
-                    rows.append(cells)
-                lines += [
-                    f"**{backend}**: median microseconds per request over {rounds}"
-                    f" rounds of {per_round} requests (ratio to the baseline)."
-                    f" A request without the database created"
-                    f" {'no' if no_session else 'a'} session.",
-                    "",
-                    *table(["request", *VARIANTS], rows),
-                    "",
-                ]
+                section, failed = requests.report(
+                    backend, url, rounds, per_round, table
+                )
+                lines += section
+                failures += failed
 
             print("Aborted-transaction check...", file=sys.stderr)
             checks = [

@@ -1,4 +1,4 @@
-"""The same small application, built four ways."""
+"""The same small application, built six ways."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typing as t
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask import Flask
+from flask import Response
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_uow import after_commit
@@ -28,7 +29,22 @@ class Item(Base):
 
 
 SEED_ROWS = 1000
-VARIANTS = ("baseline", "flask-sqlalchemy", "uow", "uow-transactional")
+VARIANTS = (
+    "plain",
+    "baseline",
+    "same-guarantees",
+    "flask-sqlalchemy",
+    "uow",
+    "uow-transactional",
+)
+#: flask_uow's pragmas for a SQLite file, set by the same-guarantees app too.
+SQLITE_PRAGMAS = (
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+)
+#: The variants that serve only ``/nodb``.
+NO_DATABASE = frozenset({"plain"})
 
 
 def add_routes(
@@ -87,6 +103,73 @@ def baseline(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
     return app, engine.dispose
 
 
+def plain(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
+    """Plain Flask with one ``teardown_appcontext`` function that does
+    nothing, serving only ``/nodb``: the least a request can cost.
+    """
+    app = Flask("plain")
+
+    @app.teardown_appcontext
+    def teardown(exc: BaseException | None) -> None:
+        pass
+
+    @app.get("/nodb")
+    def nodb() -> str:
+        return "ok"
+
+    return app, lambda: None
+
+
+def same_guarantees(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
+    """A hand-written ``scoped_session`` app with flask_uow's guarantees:
+    views do not commit; the response commits when its status is below 400
+    and rolls back otherwise (a failed commit rolls back and propagates);
+    SQLite runs a real ``BEGIN``, so reads are inside the transaction;
+    ``remove()`` at teardown. Like flask_uow's end-of-request commit, the
+    commit does not expire the objects, which stay readable after it; and
+    SQLite gets flask_uow's default pragmas.
+    """
+    engine = sa.create_engine(url)
+    if engine.dialect.name == "sqlite":
+        # SQLAlchemy's recipe for pysqlite: the driver emits no BEGIN of its
+        # own, and the engine's begin event emits one. The pragmas are
+        # flask_uow's defaults for a SQLite file, so that the database does
+        # the same work (they run once per pooled connection).
+        @sa.event.listens_for(engine, "connect")
+        def connect(dbapi_connection: t.Any, record: t.Any) -> None:
+            dbapi_connection.isolation_level = None
+            for pragma in SQLITE_PRAGMAS:
+                dbapi_connection.execute(pragma).close()
+
+        @sa.event.listens_for(engine, "begin")
+        def begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+    Session = orm.scoped_session(orm.sessionmaker(engine, expire_on_commit=False))
+    app = Flask("same_guarantees")
+
+    @app.after_request
+    def commit(response: Response) -> Response:
+        if not Session.registry.has():
+            return response
+        if response.status_code >= 400:
+            Session.rollback()
+            return response
+        try:
+            Session.commit()
+        except BaseException:
+            Session.rollback()
+            raise
+        return response
+
+    @app.teardown_appcontext
+    def remove(exc: BaseException | None) -> None:
+        Session.remove()
+
+    add_routes(app, Session, commit=False)
+    return app, engine.dispose
+
+
 def flask_sqlalchemy(
     url: str, record: bool = False
 ) -> tuple[Flask, cabc.Callable[[], None]]:
@@ -137,7 +220,9 @@ def uow_transactional(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
     after_commit.connect(count_changes, app, weak=False)
 
     def dispose() -> None:
-        after_commit.disconnect(count_changes, app)
+        # Without a sender: blinker then forgets the receiver altogether, so
+        # that the apps built after this one see no receiver of the signal.
+        after_commit.disconnect(count_changes)
         unit_of_work.dispose_engines(app)
 
     return app, dispose
@@ -145,6 +230,8 @@ def uow_transactional(url: str) -> tuple[Flask, cabc.Callable[[], None]]:
 
 Builder = cabc.Callable[[str], tuple[Flask, cabc.Callable[[], None]]]
 BUILDERS: dict[str, Builder] = {
+    "plain": plain,
+    "same-guarantees": same_guarantees,
     "baseline": baseline,
     "flask-sqlalchemy": flask_sqlalchemy,
     "uow": uow,

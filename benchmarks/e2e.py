@@ -137,14 +137,16 @@ def _load(port: int, kind: str, clients: int, seconds: float) -> KindResult:
 
 
 def _connections(url: str) -> tuple[int, int]:
-    """(in a transaction, open) server connections to the app's database,
-    not counting the one asking.
+    """(in a transaction, open) client connections to the app's database,
+    not counting the one asking. Autovacuum workers, which a write load can
+    start on the same database, are not clients.
     """
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     query = sa.text(
         "SELECT count(*) FILTER (WHERE state LIKE 'idle in transaction%%'"
         " OR state = 'active'), count(*) FROM pg_stat_activity"
         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend'"
     )
     with engine.connect() as conn:
         in_transaction, total = conn.execute(query).one()

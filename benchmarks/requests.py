@@ -1,5 +1,6 @@
-"""Time per request of the four variants, called as WSGI apps (no network),
-interleaved round by round so that all of them see the same machine state.
+"""Time and Python calls per request of every variant, called as WSGI apps
+(no network), timed interleaved round by round so that all of them see the
+same machine state.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import sqlalchemy.orm as orm
 from flask import Flask
 from werkzeug.test import EnvironBuilder
 
+from . import calls
 from .apps import BUILDERS
 from .apps import create_tables
+from .apps import NO_DATABASE
 from .apps import VARIANTS
+from .calls import Count
 
 #: What is timed: label -> (method, path).
 KINDS = {
@@ -65,9 +69,11 @@ class Result:
     kind: str
     #: Median time per request in microseconds, by variant.
     median_us: dict[str, float]
+    #: Python calls per request, by variant.
+    calls: dict[str, Count]
 
-    def ratio(self, variant: str) -> float:
-        return self.median_us[variant] / self.median_us["baseline"]
+    def ratio(self, variant: str, to: str = "baseline") -> float:
+        return self.median_us[variant] / self.median_us[to]
 
 
 def live_sessions() -> int:
@@ -101,18 +107,21 @@ def time_runners(
 def run(
     backend: str, url: str, rounds: int, per_round: int
 ) -> tuple[list[Result], bool]:
-    """Time every kind of request on every variant against *url*.
+    """Count the calls of every kind of request on every variant against
+    *url*, each variant alone, then time them side by side.
 
     Returns the results and whether flask_uow created no session for the
     requests that do not use the database.
     """
     create_tables(url)
+    counts = calls.count_alone(url)
     built = {name: BUILDERS[name](url) for name in VARIANTS}
     try:
         runners = {
             kind: {
                 name: request_runner(app, method, path)
                 for name, (app, _) in built.items()
+                if kind == "no database" or name not in NO_DATABASE
             }
             for kind, (method, path) in KINDS.items()
         }
@@ -123,8 +132,59 @@ def run(
         results = []
         for kind, variants in runners.items():
             medians = time_runners(variants, rounds, per_round)
-            results.append(Result(backend, kind, medians))
+            results.append(Result(backend, kind, medians, counts[kind]))
         return results, no_session
     finally:
         for _, dispose in built.values():
             dispose()
+
+
+Table = cabc.Callable[[list[str], list[list[str]]], list[str]]
+
+
+def report(
+    backend: str, url: str, rounds: int, per_round: int, table: Table
+) -> tuple[list[str], list[str]]:
+    """Run the requests on *backend*; the RST section for the results, and
+    the failures (a session created without the database, a call budget
+    exceeded).
+    """
+    results, no_session = run(backend, url, rounds, per_round)
+    failures = []
+    if not no_session:
+        failures.append(f"{backend}: a request without the database created a session")
+    rows = []
+    for r in results:
+        cells = [r.kind]
+        for variant in VARIANTS:
+            if variant in r.median_us:
+                cells.append(f"{r.median_us[variant]:.1f} / {r.calls[variant]}")
+            else:
+                cells.append("")
+        ref, _ = calls.reference(r.kind)
+        cells.append(f"{r.ratio('uow'):.3f}")
+        cells.append(f"{r.ratio('uow', ref):.3f} ({ref})")
+        rows.append(cells)
+    budget_rows, over = calls.check(backend, {r.kind: r.calls for r in results})
+    failures += over
+    lines = [
+        f"**{backend}**: median microseconds / Python calls per request; the"
+        f" times over {rounds} rounds of {per_round} requests. The last two"
+        " columns give uow's time as a ratio to the baseline, and to the app"
+        " it is held to (target 1.03): plain Flask for the request without the"
+        " database, the hand-written app with the same guarantees for the"
+        " others. A request without the database created"
+        f" {'no' if no_session else 'a'} session.",
+        "",
+        *table(["request", *VARIANTS, "uow / baseline", "uow / held to"], rows),
+        "",
+        f"**{backend}, calls per request against issue 19's budgets**: uow may"
+        f" make {calls.NO_DATABASE_BUDGET} calls more than plain Flask without"
+        f" the database, {calls.DATABASE_BUDGET} more than same-guarantees with"
+        " it (cProfile, builtins included, after warming up; the same in every"
+        f" batch of {calls.PROFILED} requests).",
+        "",
+        *table(calls.BUDGET_HEADERS, budget_rows),
+        "",
+    ]
+    return lines, failures

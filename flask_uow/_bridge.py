@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import functools
 import typing as t
+import weakref
 
 import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from blinker import NamedSignal
-from flask import current_app
 from flask import Flask
-from flask import has_app_context
+from flask.globals import _cv_app
 
 from . import signals
 from ._aborted import check_committable
@@ -22,19 +22,46 @@ from ._changes import record_flush
 from ._changes import record_statement
 
 if t.TYPE_CHECKING:
-    from ._lifecycle import Unit
+    from ._unit import Unit
 
 
 def listen(factory: orm.sessionmaker[orm.Session]) -> None:
-    """Attach the listeners to an app's sessionmaker."""
+    """Attach the listeners to an app's sessionmaker. Those that only record
+    change sets are attached once a receiver of a commit signal is connected
+    (see :func:`_receiver_connected`): until then no flush or statement pays
+    for them.
+    """
     sa.event.listen(factory, "after_begin", _after_begin)
-    sa.event.listen(factory, "after_flush", _after_flush)
-    sa.event.listen(factory, "do_orm_execute", _do_orm_execute)
     sa.event.listen(factory, "before_commit", _before_commit)
     sa.event.listen(factory, "after_commit", _after_commit)
     sa.event.listen(factory, "after_rollback", _after_rollback)
     sa.event.listen(factory, "after_soft_rollback", _after_soft_rollback)
     sa.event.listen(factory, "after_transaction_end", _after_transaction_end)
+    _factories.add(factory)
+    if signals.before_commit.receivers or signals.after_commit.receivers:
+        _record_changes(factory)
+
+
+#: Every app's sessionmaker, for change recording to attach to later.
+_factories: weakref.WeakSet[orm.sessionmaker[orm.Session]] = weakref.WeakSet()
+_recording: weakref.WeakSet[orm.sessionmaker[orm.Session]] = weakref.WeakSet()
+
+
+def _record_changes(factory: orm.sessionmaker[orm.Session]) -> None:
+    if factory not in _recording:
+        _recording.add(factory)
+        sa.event.listen(factory, "after_flush", _after_flush)
+        sa.event.listen(factory, "do_orm_execute", _do_orm_execute)
+
+
+def _receiver_connected(signal: t.Any, **extra: t.Any) -> None:
+    """A commit signal got a receiver: record change sets from now on."""
+    for factory in list(_factories):
+        _record_changes(factory)
+
+
+signals.before_commit.receiver_connected.connect(_receiver_connected)
+signals.after_commit.receiver_connected.connect(_receiver_connected)
 
 
 def send_quietly(app: Flask, signal: NamedSignal, **payload: t.Any) -> None:
@@ -51,26 +78,29 @@ def send_quietly(app: Flask, signal: NamedSignal, **payload: t.Any) -> None:
 
 
 def _unit(session: orm.Session) -> Unit | None:
-    if not has_app_context():
-        return None
-    return t.cast("Unit | None", getattr(session, "uow_unit", None))
+    # Only sessions of flask_uow's own sessionmakers reach these listeners.
+    return session.uow_unit  # type: ignore[attr-defined,no-any-return]
 
 
-def _app() -> Flask:
-    return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+def _app() -> Flask | None:
+    """The current app; ``None`` outside an application context (a streamed
+    body without ``stream_with_context``, say), where nothing is signalled.
+    """
+    ctx = _cv_app.get(None)
+    return None if ctx is None else ctx.app
 
 
-def has_receivers(signal: NamedSignal, app: Flask) -> bool:
+def has_receivers(signal: NamedSignal, app: Flask | None) -> bool:
     """Whether a receiver of *signal* listens to *app*. Free when the signal
     has no receiver at all, the common case, since it is asked at every
     flush and statement.
     """
-    if not signal.receivers:
+    if not signal.receivers or app is None:
         return False
     return any(True for _ in signal.receivers_for(app))
 
 
-def _collecting(app: Flask) -> bool:
+def _collecting(app: Flask | None) -> bool:
     """Whether changes must be recorded: a commit signal listens to *app*."""
     return has_receivers(signals.before_commit, app) or has_receivers(
         signals.after_commit, app
@@ -107,11 +137,11 @@ def _after_begin(
         )
         return
     unit.connections.append(connection)
-    if signals.after_begin.receivers:
+    if signals.after_begin.receivers and (app := _app()) is not None:
         describe = getattr(session, "uow_describe", None)
         name, role = (None, "primary") if describe is None else describe(connection)
         send_quietly(
-            _app(),
+            app,
             signals.after_begin,
             session=session,
             connection=connection,
@@ -153,8 +183,10 @@ def _before_commit(session: orm.Session) -> None:
     # Every outermost commit passes here: the end of a request, of a block,
     # and an explicit session.commit(). Never COMMIT what the server aborted.
     check_committable(unit.connections)
+    if not signals.before_commit.receivers:
+        return
     app = _app()
-    if not has_receivers(signals.before_commit, app):
+    if app is None or not has_receivers(signals.before_commit, app):
         return
     session.flush()  # The final flush, so that the changes are complete.
     if unit.connections:
@@ -179,8 +211,12 @@ def _after_commit(session: orm.Session) -> None:
             if changes is not None:
                 _level(unit, released.parent).absorb(changes)
         return
-    app = _app()
-    if unit.connections and has_receivers(signals.after_commit, app):
+    if (
+        unit.connections
+        and signals.after_commit.receivers
+        and (app := _app()) is not None
+        and has_receivers(signals.after_commit, app)
+    ):
         notice = functools.partial(
             send_quietly,
             app,
@@ -191,16 +227,22 @@ def _after_commit(session: orm.Session) -> None:
         unit.ready.append(notice)
     # The session cannot run SQL until this commit returns, so the signal and
     # the callbacks are run by flask_uow once it does (see run_callbacks).
-    unit.ready.extend(unit.pending)
-    unit.pending.clear()
+    if unit.pending:
+        unit.ready.extend(unit.pending)
+        unit.pending.clear()
 
 
 def _after_rollback(session: orm.Session) -> None:
     unit = _unit(session)
-    if unit is None or not unit.connections or session.in_nested_transaction():
+    if (
+        unit is None
+        or not unit.connections
+        or not signals.after_rollback.receivers
+        or session.in_nested_transaction()
+    ):
         return
     app = _app()
-    if has_receivers(signals.after_rollback, app):
+    if app is not None and has_receivers(signals.after_rollback, app):
         send_quietly(app, signals.after_rollback, session=session)
 
 
@@ -220,8 +262,10 @@ def _after_transaction_end(
         return
     # A released savepoint's changes were moved to its parent already; what
     # is left belongs to a rolled back savepoint, or to the ended transaction.
-    unit.change_sets.pop(transaction, None)
-    unit.savepoints.pop(transaction, None)
+    if unit.change_sets:
+        unit.change_sets.pop(transaction, None)
+    if unit.savepoints:
+        unit.savepoints.pop(transaction, None)
     if transaction.parent is None:
         unit.connections.clear()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import os
-import types
 import typing as t
 
 import sqlalchemy as sa
@@ -151,8 +150,8 @@ def _sqlite_defaults(
 
 def same_engine(known: t.Any, engine: sa.Engine) -> bool:
     """Whether *engine* is *known*, or a copy of it made with
-    ``execution_options()`` that shares its pool (SQLite engines reach
-    sessions as such copies, see ``_sqlite``).
+    ``execution_options()`` that shares its pool (as an app may pass to a
+    session itself).
     """
     return known is engine or getattr(known, "pool", None) is engine.pool
 
@@ -193,37 +192,35 @@ def _first_table(from_: t.Any) -> sa.Table | None:
     return None
 
 
-def to_primary(session: orm.Session) -> None:
-    """Make a session that is between transactions use the primaries from
-    now on, instead of read replicas.
-    """
-    route = getattr(session, "uow_route", None)
-    if route is not None:
-        route.to_primary()
-
-
 class RoutingSession(orm.Session):
-    """A session bound to the ``default`` engine that sends statements on a
-    table with a ``bind_key`` to the engine of that name.
+    """The session of a unit of work, bound to the ``default`` engine: it
+    sends statements on a table with a ``bind_key`` to the engine of that
+    name, may replace each engine by the one the unit uses for it (a replica,
+    or a SQLite engine's copy that begins transactions in the unit's mode),
+    and refuses to end a transaction that a ``uow.transaction()`` block owns.
     """
 
-    #: For each SQLite engine, the copy of it that begins transactions the way
-    #: the next transaction must begin (see ``_sqlite.BeginBinds``).
-    uow_begin: cabc.Mapping[t.Any, sa.Engine] = types.MappingProxyType({})
+    #: Replaces an engine by the one the unit uses for it (a replica).
+    uow_route: cabc.Callable[[sa.Engine], sa.Engine] | None = None
+    #: The SQLite begin modes of the app (``_sqlite.BeginModes``), if any.
+    uow_begin_modes: t.Any = None
+    #: How the session's next transaction begins on SQLite engines (see
+    #: ``_sqlite.BeginModes``); ``None`` for deferred.
+    uow_begin_mode: str | None = None
+    #: The bind key of each mapper's table, as statements find it; shared by
+    #: the sessions of one sessionmaker (see :func:`bind_key_cache`).
+    _uow_keys: dict[t.Any, str | None] = {}
 
     def __init__(
         self,
         *,
         engines: cabc.Mapping[str, sa.Engine | sa.Connection],
-        uow_unit: object = None,
-        uow_route: cabc.Callable[[sa.Engine], sa.Engine] | None = None,
+        uow_unit: t.Any = None,
         **kwargs: t.Any,
     ):
         self._uow_engines = engines
         #: The flask_uow unit of work this session belongs to.
         self.uow_unit = uow_unit
-        #: Replaces an engine by the one the unit uses for it (a replica).
-        self.uow_route = uow_route
         super().__init__(**kwargs)
 
     def get_bind(
@@ -236,12 +233,19 @@ class RoutingSession(orm.Session):
     ) -> sa.Engine | sa.Connection:
         """Return the engine for a statement, honouring table bind keys."""
         if bind is None:
-            table = _table_of(mapper, clause)
-            key = None if table is None else bind_key_of(table)
+            if mapper is not None:
+                keys = self._uow_keys
+                if mapper in keys:
+                    key = keys[mapper]
+                else:
+                    key = keys[mapper] = _bind_key(mapper, None)
+            else:
+                key = _bind_key(None, clause)
             if key is not None:
                 try:
                     found = self._uow_engines[key]
                 except KeyError:
+                    table = _table_of(mapper, clause)
                     raise sa_exc.UnboundExecutionError(
                         f"Table {table.name!r} has bind_key {key!r}, but"  # type: ignore[union-attr]
                         f" 'UOW_ENGINES' has no engine named {key!r}. Add"
@@ -254,11 +258,10 @@ class RoutingSession(orm.Session):
         )
 
     def _uow_routed(self, bind: sa.Engine | sa.Connection) -> sa.Engine | sa.Connection:
-        # A replica for a safe unit first, then the copy of the engine that
-        # begins SQLite transactions in the unit's mode (see _sqlite).
+        # A replica for the unit of a safe request.
         if self.uow_route is not None and isinstance(bind, sa.Engine):
-            bind = self.uow_route(bind)
-        return self.uow_begin.get(bind, bind)
+            return self.uow_route(bind)
+        return bind
 
     def uow_describe(self, connection: sa.Connection) -> tuple[str | None, str]:
         """The ``UOW_ENGINES`` name of the engine *connection* belongs to, and
@@ -279,7 +282,8 @@ class RoutingSession(orm.Session):
 
         :raise RuntimeError: Called inside a block or transactional function.
         """
-        self._refuse_inside_block("commit")
+        if self.uow_unit is not None and self.uow_unit.frames:
+            _refuse_inside_block("commit")
         super().commit()
 
     def rollback(self) -> None:
@@ -287,7 +291,8 @@ class RoutingSession(orm.Session):
 
         :raise RuntimeError: Called inside a block or transactional function.
         """
-        self._refuse_inside_block("rollback")
+        if self.uow_unit is not None and self.uow_unit.frames:
+            _refuse_inside_block("rollback")
         super().rollback()
 
     def close(self) -> None:
@@ -295,17 +300,30 @@ class RoutingSession(orm.Session):
 
         :raise RuntimeError: Called inside a block or transactional function.
         """
-        self._refuse_inside_block("close")
+        if self.uow_unit is not None and self.uow_unit.frames:
+            _refuse_inside_block("close")
         super().close()
 
-    def _refuse_inside_block(self, method: str) -> None:
-        # The unit's stack of open blocks; flask_uow pops a block's frame
-        # before it commits or rolls back the block itself.
-        if getattr(self.uow_unit, "frames", None):
-            raise RuntimeError(
-                f"'uow.session.{method}()' was called inside a"
-                " 'uow.transaction()' block or a '@uow.transactional' function,"
-                " where it would end the block's transaction behind its back."
-                " Leave the block to commit, raise an exception to roll it back,"
-                " or call 'uow.mark_rollback_only()' to roll it back without one."
-            )
+
+def bind_key_cache(factory: orm.sessionmaker[orm.Session]) -> None:
+    """Give the sessions of *factory* a bind-key cache of their own (a
+    sessionmaker makes a subclass of its session class).
+    """
+    factory.class_._uow_keys = {}  # type: ignore[attr-defined]
+
+
+def _bind_key(mapper: t.Any, clause: t.Any) -> str | None:
+    table = _table_of(mapper, clause)
+    return None if table is None else bind_key_of(table)
+
+
+def _refuse_inside_block(method: str) -> t.NoReturn:
+    # The unit's stack of open blocks; flask_uow pops a block's frame before
+    # it commits or rolls back the block itself.
+    raise RuntimeError(
+        f"'uow.session.{method}()' was called inside a"
+        " 'uow.transaction()' block or a '@uow.transactional' function,"
+        " where it would end the block's transaction behind its back."
+        " Leave the block to commit, raise an exception to roll it back,"
+        " or call 'uow.mark_rollback_only()' to roll it back without one."
+    )

@@ -1,38 +1,40 @@
-"""The request lifecycle: commit on the response path, teardown as a safety net."""
+"""The request lifecycle: commit on the response path, close when the request
+is over.
+
+How the layers fit (see ``docs/internals.rst`` for the diagram):
+
+- leaves: errors, signals, config checks, records (``_unit``, ``_changes``,
+  ``_query_info``, ``_positions``), retry classification;
+- the core: ``_state`` (where units live, the seam), ``_bridge`` (session
+  events to signals) and this module (the request hooks);
+- capabilities above it (transaction blocks, recording, replicas, streaming,
+  two-phase, SQLite begin modes, test isolation), each attaching itself
+  through the seam of ``_state`` (``State.opened``, ``State.ended``,
+  ``State.options``) or through Flask's and SQLAlchemy's own hooks, never by
+  the core naming it;
+- ``_extension`` (the public ``UnitOfWork``) on top.
+
+A request costs what it uses. Per request flask_uow adds one wrapper call
+around ``wsgi_app`` (which marks the request as handled and ends its unit),
+one ``after_request`` function (the commit) and one ``teardown_appcontext``
+function (units of application contexts). A request that never touches
+``uow.session`` finds no unit in either and returns at once.
+"""
 
 from __future__ import annotations
 
-import collections.abc as cabc
-import itertools
 import typing as t
-import weakref
 
-import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask import Flask
-from flask import g
 from flask import got_request_exception
-from flask import request
-from flask import request_started
 from flask import Response
+from flask.globals import _cv_app
 from flask.globals import _cv_request
 
-from . import signals
-from ._bridge import has_receivers
 from ._bridge import listen
-from ._bridge import send_quietly
-from ._changes import ChangeSet
-from ._sqlite import begin_binds
-
-if t.TYPE_CHECKING:
-    from ._recording import UnitQueries
-    from ._replicas import Replicas
-    from ._transaction import Frame
-    from .testing import Isolation
-
-CommitVeto = cabc.Callable[[Response], bool]
-_state_numbers = itertools.count(1)
-RetryClassifier = cabc.Callable[[BaseException], bool]
+from ._state import State
+from ._unit import Unit
 
 
 def default_commit_veto(response: Response) -> bool:
@@ -46,237 +48,38 @@ def default_commit_veto(response: Response) -> bool:
     return response.status_code >= 400
 
 
-#: A connection a savepoint began on, and the savepoint's name there.
-Savepoint = tuple[sa.Connection, str]
-
-
-class Unit:
-    """The unit of work of one request, or of one application context outside
-    requests. Its session is created on first use.
-    """
-
-    __slots__ = (
-        "session",
-        "finished",
-        "failed",
-        "rollback_only",
-        "no_autocommit",
-        "frames",
-        "pending",
-        "ready",
-        "connections",
-        "savepoints",
-        "change_sets",
-        "streaming",
-        "queries",
-    )
-
-    def __init__(self) -> None:
-        self.session: orm.Session | None = None
-        #: Set before the end-of-request commit or rollback, so that it runs once.
-        self.finished = False
-        #: An exception was raised while handling the request, handled or not.
-        self.failed = False
-        self.rollback_only = False
-        self.no_autocommit = False
-        #: The active ``uow.transaction()`` blocks, outermost first.
-        self.frames: list[Frame] = []
-        #: on_commit callbacks waiting for the session's next real commit.
-        self.pending: list[cabc.Callable[[], object]] = []
-        #: on_commit callbacks whose commit happened, waiting to be run.
-        self.ready: list[cabc.Callable[[], object]] = []
-        #: The connections of the session's transaction, in the order it began
-        #: on them; empty when no database transaction is open.
-        self.connections: list[sa.Connection] = []
-        #: The connections each open savepoint began on, with its name.
-        self.savepoints: dict[orm.SessionTransaction, list[Savepoint]] = {}
-        #: Changes recorded per transaction level, while signals have receivers.
-        self.change_sets: dict[orm.SessionTransaction, ChangeSet] = {}
-        #: The unit ends when the streamed response the app sent is closed, or,
-        #: as a safety net, when it is garbage collected (see ``_streaming``).
-        self.streaming: weakref.finalize[..., None] | None = None
-        #: The statements the unit ran, while query insight is on.
-        self.queries: UnitQueries | None = None
-
-    @property
-    def marked_for_rollback(self) -> bool:
-        """An exception, :meth:`~flask_uow.UnitOfWork.mark_rollback_only` or a
-        :meth:`~flask_uow.UnitOfWork.no_autocommit` view says that the unit's
-        own work must not be committed.
-        """
-        return self.failed or self.rollback_only or self.no_autocommit
-
-
-Store = dict[str, t.Any]
-
-
-#: Set in a request's WSGI environ when its app starts handling it.
-_DISPATCHED = "flask_uow.dispatched"
-
-
-def mark_dispatched(sender: Flask, **extra: t.Any) -> None:
-    """Receive ``request_started``: the app is handling the current request."""
-    request.environ[_DISPATCHED] = True
-
-
-def request_store(app: Flask) -> Store | None:
-    """The WSGI environ of the request *app* is handling, if there is one.
-
-    Flask has no public way to ask which app the current request context belongs
-    to, so this reads the private ``_cv_request`` context variable, in this one
-    place; ``tests/test_flask_contract.py`` fails loudly if Flask changes it.
-    """
-    ctx = _cv_request.get(None)
-    if ctx is not None and ctx.app is app:
-        environ: Store = ctx.request.environ
-        if environ.get(_DISPATCHED):
-            return environ
-    return None
-
-
-def unit_store(app: Flask) -> Store:
-    """Return where *app*'s current unit of work is kept: a dict that lives
-    exactly as long as the unit may.
-
-    While *app* handles a request (it has started dispatching it), that is the
-    request's WSGI environ, so every request gets its own unit even when a test
-    pushed one app context for several requests. Elsewhere (CLI commands, jobs,
-    shell, a context of *app* pushed inside another app's request, or a request
-    context that is pushed but not handled, as pytest-flask's or
-    ``app.test_request_context()``'s) it is the attributes of the application
-    context's ``g``, so each application context gets its own unit.
-    """
-    store = request_store(app)
-    return context_store() if store is None else store
-
-
-def context_store() -> Store:
-    """The attributes of the current application context's ``g``."""
-    return t.cast(Store, vars(g._get_current_object()))
-
-
-class State:
-    """What one :class:`~flask_uow.UnitOfWork` keeps for one app."""
-
-    def __init__(
-        self,
-        engines: dict[str, sa.Engine],
-        factory: orm.sessionmaker[orm.Session],
-        config: cabc.Mapping[str, t.Any],
-        get_veto: cabc.Callable[[], CommitVeto],
-        get_classifier: cabc.Callable[[], RetryClassifier],
-    ) -> None:
-        self.engines = engines
-        self.factory = factory
-        self.autocommit: bool = config["UOW_AUTOCOMMIT"]
-        self.retry_delay: float = config["UOW_RETRY_DELAY"]
-        self.max_delay: float = config["UOW_RETRY_MAX_DELAY"]
-        self.get_veto = get_veto
-        self.get_classifier = get_classifier
-        #: How this app's SQLite transactions begin; None without SQLite.
-        self.begin_binds = begin_binds(engines.values())
-        #: The active test isolation, see :class:`flask_uow.testing.Isolation`.
-        self.isolation: Isolation | None = None
-        #: The name of this app's unit in a store (see :func:`unit_store`).
-        self.key = f"flask_uow.unit.{next(_state_numbers)}"
-        #: The units whose session is open, for test isolation to find.
-        self.open_units: set[Unit] = set()
-        #: The read replicas of the app's engines, if it has any.
-        self.replicas: Replicas | None = None
-
-    def unit(self, app: Flask) -> Unit:
-        """The current unit of work of *app*, created if there is none yet."""
-        store = unit_store(app)
-        unit: Unit | None = store.get(self.key)
-        if unit is None:
-            unit = store[self.key] = Unit()
-        return unit
-
-    def session(self, app: Flask) -> orm.Session:
-        """The current unit's session, created on first use."""
-        unit = self.unit(app)
-        session = unit.session
-        if session is None:
-            if self.isolation is None:
-                route = None if self.replicas is None else self.replicas.route(app)
-                session = self.factory(uow_unit=unit, uow_route=route)
-                if self.begin_binds is not None:
-                    session.uow_begin = self.begin_binds.for_unit(self.key, unit)  # type: ignore[attr-defined]
-            else:
-                connections = self.isolation.connections
-                session = self.factory(
-                    uow_unit=unit,
-                    bind=connections["default"],
-                    engines=connections,
-                    join_transaction_mode="create_savepoint",
-                )
-            unit.session = session
-            self.open_units.add(unit)
-        return session
-
-    def note_failure(self, sender: Flask, **extra: t.Any) -> None:
-        """Receive ``got_request_exception``: the request's work must not commit."""
-        self.unit(sender).failed = True
-
-    def before_retry(
-        self, app: Flask, session: orm.Session, exc: BaseException, attempt: int
-    ) -> None:
-        """Called before a transactional function is run again."""
-        app.logger.info(
-            "flask_uow: retrying a transaction (retry %d) after %s.",
-            attempt,
-            type(exc).__name__,
-        )
-        if has_receivers(signals.before_retry, app):
-            send_quietly(
-                app,
-                signals.before_retry,
-                session=session,
-                exception=exc,
-                attempt=attempt,
-            )
-
-    def should_commit(self, unit: Unit, response: Response) -> bool:
-        """The end-of-request commit decision."""
-        if unit.marked_for_rollback:
-            return False
-        return self.autocommit and not self.get_veto()(response)
-
-
 def install(app: Flask, state: State) -> None:
     """Register the request hooks that drive *state*'s units of work on *app*."""
+    key = state.key
+    original_wsgi_app = app.wsgi_app
+
+    def wsgi_app(environ: dict[str, t.Any], start_response: t.Any) -> t.Any:
+        # The key in the environ marks the request as handled by this app:
+        # from now on its unit lives here (see State.unit).
+        environ[key] = None
+        try:
+            return original_wsgi_app(environ, start_response)
+        finally:
+            if key in environ:
+                unit = environ[key]
+                if unit is None:
+                    del environ[key]
+                elif unit.held is None:
+                    end_request_unit(app, state, unit)
 
     def finish_request(response: Response) -> Response:
-        store = unit_store(app)
-        unit: Unit | None = store.get(state.key)
+        ctx = _cv_request.get(None)
+        if ctx is None:  # pragma: no cover - Flask runs these in a request
+            return response
+        environ = ctx.request.environ
+        if key in environ:
+            unit = environ[key]
+        else:  # A request context pushed but not handled (see State.unit).
+            unit = state.peek(app)
         if unit is None or unit.finished:
             return response
         unit.finished = True
-        return end_of_request(unit, response)
-
-    def end_of_request(unit: Unit, response: Response) -> Response:
-        """Commit or roll back; the response to send."""
-        session = unit.session
-        if session is None:
-            return response
-        if not session.in_transaction() and not unit.pending:
-            # Nothing began since the last commit (a transactional view's,
-            # say): no commit to make, only callbacks that it made ready.
-            run_callbacks(app, unit)
-            return response
-        if not state.should_commit(unit, response):
-            unit.pending.clear()
-            rollback_quietly(app, session)
-            return response
-        try:
-            commit_keeping_state(session)
-        except Exception as e:
-            rollback_quietly(app, session)
-            # Give the commit error to the app's error handlers, as if the view
-            # had raised it; with no handler, this re-raises and Flask answers 500.
-            return app.make_response(app.handle_user_exception(e))
-        run_callbacks(app, unit)
-        return response
+        return end_of_request(app, state, unit, response)
 
     original_handle_user_exception = app.handle_user_exception
 
@@ -287,28 +90,77 @@ def install(app: Flask, state: State) -> None:
         state.unit(app).failed = True
         return original_handle_user_exception(e)
 
-    def close_request_unit(exc: BaseException | None) -> None:
-        store = request_store(app)
-        if store is None:  # Not handled: its app context's teardown closes it.
-            return
-        unit: Unit | None = store.get(state.key)
-        if unit is not None and unit.streaming is None:
-            close_unit(app, state, store)
-
     def close_context_unit(exc: BaseException | None) -> None:
-        close_unit(app, state, context_store())
+        ctx = _cv_app.get(None)
+        if ctx is not None:
+            store = ctx.g.__dict__
+            if key in store:
+                end_unit(app, state, store, store[key])
+
+    original_ensure_sync = app.ensure_sync
+    synchronous = frozenset({finish_request, close_context_unit})
+
+    def ensure_sync(func: t.Any) -> t.Any:
+        # Flask inspects every hook, on every call, for a coroutine function;
+        # flask_uow's own hooks are known to be synchronous.
+        if func in synchronous:
+            return func
+        return original_ensure_sync(func)
 
     listen(state.factory)
+    app.ensure_sync = ensure_sync  # type: ignore[method-assign]
+    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
     app.after_request(finish_request)
-    app.teardown_request(close_request_unit)
     app.teardown_appcontext(close_context_unit)
     app.handle_user_exception = handle_user_exception  # type: ignore[method-assign]
     # Exceptions raised after the view (by an after_request hook, say) never
     # reach handle_user_exception; Flask announces them with this signal.
     # The receiver is held by the (global) signal, so it must not refer to the
     # app: blinker disconnects it when the app is garbage collected.
-    got_request_exception.connect(state.note_failure, app, weak=False)
-    request_started.connect(mark_dispatched, app, weak=False)
+    got_request_exception.connect(_note_failure(state), app, weak=False)
+
+
+def _note_failure(state: State) -> t.Callable[..., None]:
+    def note_failure(sender: Flask, **extra: t.Any) -> None:
+        """Receive ``got_request_exception``: the work must not commit."""
+        state.unit(sender).failed = True
+
+    return note_failure
+
+
+def end_of_request(
+    app: Flask, state: State, unit: Unit, response: Response
+) -> Response:
+    """Commit or roll back the unit of a request; the response to send."""
+    session = unit.session
+    if session is None:
+        return response
+    if not session.in_transaction() and not unit.pending:
+        # Nothing began since the last commit (a transactional view's,
+        # say): no commit to make, only callbacks that it made ready.
+        if unit.ready:
+            run_callbacks(app, unit)
+        return response
+    if (
+        unit.failed
+        or unit.rollback_only
+        or unit.no_autocommit
+        or not state.autocommit
+        or state.policy._commit_veto(response)
+    ):
+        unit.pending.clear()
+        rollback_quietly(app, session)
+        return response
+    try:
+        commit_keeping_state(session)
+    except Exception as e:
+        rollback_quietly(app, session)
+        # Give the commit error to the app's error handlers, as if the view
+        # had raised it; with no handler, this re-raises and Flask answers 500.
+        return app.make_response(app.handle_user_exception(e))
+    if unit.ready:
+        run_callbacks(app, unit)
+    return response
 
 
 def rollback_quietly(app: Flask, session: orm.Session) -> None:
@@ -355,25 +207,42 @@ def run_callbacks(app: Flask, unit: Unit) -> None:
             )
 
 
-def close_unit(app: Flask, state: State, store: Store) -> None:
-    """End *state*'s unit of work kept in *store*: run the callbacks whose
-    commit happened (they may still use the unit), then close its session,
-    rolling back what is left. Never raises.
+def end_request_unit(app: Flask, state: State, unit: Unit) -> None:
+    """End the unit of a request that is over. Its context is gone by now;
+    one is pushed again only when ending the unit may run app code (on_commit
+    callbacks, rollback signals).
     """
-    unit: Unit | None = store.get(state.key)
-    if unit is None:
-        return
-    run_callbacks(app, unit)
-    del store[state.key]
+    session = unit.session
+    environ = t.cast("dict[str, t.Any]", unit.environ)
+    if session is not None and (unit.ready or session.in_transaction()):
+        ctx = _cv_app.get(None)
+        if ctx is None or ctx.app is not app:
+            with app.app_context():
+                end_unit(app, state, environ, unit)
+            return
+    end_unit(app, state, environ, unit)
+
+
+def end_unit(app: Flask, state: State, store: dict[str, t.Any], unit: Unit) -> None:
+    """End *unit*, kept in *store*: run the callbacks whose commit happened
+    (they may still use the unit), forget it, then close its session, rolling
+    back what is left. Never raises.
+    """
+    if unit.ready:
+        run_callbacks(app, unit)
+    if store.get(state.key) is unit:
+        del store[state.key]
     # Blocks left open (a generator abandoned inside one, say) end with it.
     unit.frames.clear()
     session, unit.session = unit.session, None
-    state.open_units.discard(unit)
     if session is None:
         return
+    state.live -= 1
     if session.in_transaction():
         rollback_quietly(app, session)  # Rolled back explicitly, so it is signalled.
     try:
         session.close()
     except Exception:
         app.logger.exception("flask_uow: closing the session failed.")
+    for hook in state.ended:
+        hook(unit)

@@ -38,6 +38,19 @@ class NPlusOneWarning(UserWarning):
     """
 
 
+class UnitQueries:
+    """What one unit of work ran: kept on the unit, freed with it."""
+
+    __slots__ = ("records", "shapes", "totals")
+
+    def __init__(self, record: bool) -> None:
+        self.records: list[QueryRecord] | None = [] if record else None
+        #: How many times each SQL text ran, for N+1 detection.
+        self.shapes: dict[str, int] = {}
+        #: Per engine name: statements and seconds.
+        self.totals: dict[str, list[float]] = {}
+
+
 @dataclasses.dataclass(slots=True)
 class QueryRecord:
     """A statement a unit of work ran, as recorded with

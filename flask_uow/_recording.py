@@ -21,16 +21,18 @@ from flask import has_app_context
 from flask import Response
 from sqlalchemy.engine.interfaces import ExecuteStyle
 
-from ._lifecycle import State
-from ._lifecycle import Unit
-from ._lifecycle import unit_store
 from ._query_info import call_site
 from ._query_info import describe
 from ._query_info import lazy_relationship
 from ._query_info import NPlusOneWarning
 from ._query_info import QueryRecord
 from ._query_info import Settings
+from ._query_info import UnitQueries
 from ._query_info import where
+from ._state import State
+
+if t.TYPE_CHECKING:
+    from ._replicas import Replicas
 
 #: Transaction control: neither recorded nor counted.
 _CONTROL = re.compile(
@@ -38,19 +40,6 @@ _CONTROL = re.compile(
     r"|(START|SET|PREPARE)\s+TRANSACTION)\b",
     re.IGNORECASE,
 )
-
-
-class UnitQueries:
-    """What one unit of work ran: kept on the unit, freed with it."""
-
-    __slots__ = ("records", "shapes", "totals")
-
-    def __init__(self, record: bool) -> None:
-        self.records: list[QueryRecord] | None = [] if record else None
-        #: How many times each SQL text ran, for N+1 detection.
-        self.shapes: dict[str, int] = {}
-        #: Per engine name: statements and seconds.
-        self.totals: dict[str, list[float]] = {}
 
 
 class Insight:
@@ -63,18 +52,24 @@ class Insight:
         #: The record lists of the active query-count assertions.
         self.captures: list[list[QueryRecord]] = []
 
-    def install(self, app: Flask, state: State, settings: Settings) -> None:
+    def install(
+        self,
+        app: Flask,
+        state: State,
+        settings: Settings,
+        replicas: Replicas | None,
+    ) -> None:
         """Attach what *app*'s settings need. Called before the request hooks
         are registered, so that the Server-Timing hook runs after the
         end-of-request commit.
         """
-        recorder = Recorder(self, app, state, settings)
+        recorder = Recorder(self, app, state, settings, replicas)
         self.recorders[app] = recorder
         if recorder.settings.server_timing:
             app.after_request(recorder.add_server_timing)
 
     def recorded(self, app: Flask, state: State) -> list[QueryRecord]:
-        unit: Unit | None = unit_store(app).get(state.key)
+        unit = state.peek(app)
         queries = None if unit is None else unit.queries
         if queries is None or queries.records is None:
             return []
@@ -122,7 +117,12 @@ class Recorder:
     """The engine listeners of one app."""
 
     def __init__(
-        self, insight: Insight, app: Flask, state: State, settings: Settings
+        self,
+        insight: Insight,
+        app: Flask,
+        state: State,
+        settings: Settings,
+        replicas: Replicas | None,
     ) -> None:
         self.insight = insight
         # The listeners are held by the engines, which live as long as the
@@ -130,6 +130,7 @@ class Recorder:
         self.app = weakref.ref(app)
         self.logger = app.logger
         self.state = state
+        self.replicas = replicas
         self.settings = settings
         #: Whether statements are attributed to units of work.
         self.per_unit = (
@@ -143,10 +144,10 @@ class Recorder:
         needed = self.settings.always or bool(self.insight.captures)
         if needed and not self.listeners:
             servers = [(e, n, "primary") for n, e in self.state.engines.items()]
-            if self.state.replicas is not None:
+            if self.replicas is not None:
                 servers += [
                     (engine, name, role)
-                    for engine, (name, role) in self.state.replicas.labels.items()
+                    for engine, (name, role) in self.replicas.labels.items()
                     if role == "replica"
                 ]
             for engine, name, role in servers:
@@ -162,7 +163,7 @@ class Recorder:
         app = self.app()
         if app is None or not has_app_context():
             return None
-        unit: Unit | None = unit_store(app).get(self.state.key)
+        unit = self.state.peek(app)
         if unit is None:
             return None
         if unit.queries is None:
@@ -283,7 +284,7 @@ class Recorder:
 
     def add_server_timing(self, response: Response) -> Response:
         app = self.app()
-        unit = None if app is None else unit_store(app).get(self.state.key)
+        unit = None if app is None else self.state.peek(app)
         queries = None if unit is None else unit.queries
         totals = {} if queries is None else queries.totals
         names = list(self.state.engines)

@@ -16,9 +16,6 @@ from flask import has_request_context
 from flask import request
 from flask import Response
 
-from ._lifecycle import State
-from ._lifecycle import Unit
-from ._lifecycle import unit_store
 from ._positions import current_position
 from ._positions import watch_writes
 from ._positions import wrote
@@ -26,6 +23,7 @@ from ._replicas import Replicas
 from ._replicas import Route
 from ._replicas import SAFE_METHODS
 from ._replicas import WRITE_ON_REPLICA
+from ._state import State
 
 
 def install(app: Flask, state: State, replicas: Replicas) -> None:
@@ -43,6 +41,7 @@ def install(app: Flask, state: State, replicas: Replicas) -> None:
             sa.event.listen(group.primary, "handle_error", explain)
         for replica in group.replicas:
             sa.event.listen(replica.engine, "handle_error", explain)
+    state.opened.append(replicas.opened)
     factory = state.factory
     sa.event.listen(factory, "after_begin", _after_begin)
     sa.event.listen(factory, "before_flush", _before_flush)
@@ -51,7 +50,7 @@ def install(app: Flask, state: State, replicas: Replicas) -> None:
     sa.event.listen(factory, "after_transaction_end", _after_transaction_end)
 
     def save_token(response: Response) -> Response:
-        unit: Unit | None = unit_store(app).get(state.key)
+        unit = state.peek(app)
         session = None if unit is None else unit.session
         route = getattr(session, "uow_route", None)
         if route is None:

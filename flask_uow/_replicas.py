@@ -15,20 +15,23 @@ import time
 import typing as t
 
 import sqlalchemy as sa
+import sqlalchemy.orm as orm
+from flask import current_app
 from flask import Flask
-from flask import has_request_context
 from flask import request
 
 from ._config import describe_url
 from ._engines import _create_engine as create_engine
 from ._engines import same_engine
-from ._lifecycle import unit_store
 from ._positions import Cookie
 from ._positions import has_wal
 from ._positions import replica_status
 from ._positions import Token
 from ._replica_config import check_config
 from ._replica_config import create_engines
+
+if t.TYPE_CHECKING:
+    from ._unit import Unit
 
 #: Requests whose unit of work reads from a replica.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -158,18 +161,20 @@ class Replicas:
         """Every replica engine."""
         return [r.engine for g in self.groups.values() for r in g.replicas]
 
-    def route(self, app: Flask) -> Route | None:
-        """The route of a unit whose session is being created: ``None``
-        outside the app's requests, where nothing is routed and no cookie can
-        be sent.
+    def opened(self, unit: Unit, session: orm.Session) -> None:
+        """The ``opened`` hook of the app's state: give the session of a
+        request's unit its route. Units outside the app's requests are not
+        routed (no cookie can be sent there), nor a session joined to an outer
+        transaction (test isolation).
         """
-        if not has_request_context() or unit_store(app) is not request.environ:
-            return None
+        if unit.environ is None or isinstance(session.bind, sa.Connection):
+            return
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
         safe = request.method in SAFE_METHODS
         if safe and request.endpoint is not None:
             view = app.view_functions.get(request.endpoint)
             safe = not getattr(view, PRIMARY_MARK, False)
-        return Route(app, self, safe)
+        session.uow_route = Route(app, self, safe)  # type: ignore[attr-defined]
 
     def choose(self, route: Route, group: Group) -> sa.Engine:
         """The engine a safe unit reads *group*'s data from."""

@@ -8,31 +8,32 @@ so it fails at once with "database is locked", whatever the busy timeout.
 ``BEGIN IMMEDIATE`` takes the write lock when the transaction begins, waiting
 for it up to the busy timeout, and cannot deadlock later.
 
-Each SQLite engine gets listeners that emit the ``BEGIN`` statement and set the
-pragmas. Which ``BEGIN`` a transaction gets travels as an execution option of
-the connection: the session of a unit of work is given, for each SQLite
-engine, a copy of the engine with that option (an "option engine", sharing
-the pool) before its transaction begins.
+Each SQLite engine gets listeners that emit a plain ``BEGIN`` whenever
+SQLAlchemy begins a transaction, and set the pragmas. A session whose
+transaction must take the write lock at once (see :class:`BeginModes`) turns
+that empty, lock-free transaction into a ``BEGIN IMMEDIATE`` one as soon as it
+began, before any statement: ``ROLLBACK`` then ``BEGIN IMMEDIATE`` on the
+driver. The engine itself is the same for every mode, so no statement pays for
+the choice.
 """
 
 from __future__ import annotations
 
 import collections.abc as cabc
-import types
 import typing as t
+import weakref
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
-from flask import has_request_context
-from flask import request
+import sqlalchemy.orm as orm
+
+if t.TYPE_CHECKING:
+    from ._unit import Unit
 
 #: The begin modes a transaction may ask for, as SQLite names them.
 BEGIN_MODES = ("deferred", "immediate", "exclusive")
 #: HTTP methods that do not change anything (RFC 9110): their units only read.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-#: The connection execution option that carries the begin choice: ``"write"``
-#: (the engine's mode for write transactions), or a mode of ``BEGIN_MODES``.
-_OPTION = "flask_uow_sqlite_begin"
 _STATEMENTS = {
     "deferred": "BEGIN",
     "immediate": "BEGIN IMMEDIATE",
@@ -44,7 +45,6 @@ _CHOICES = {
     "synchronous": ("OFF", "NORMAL", "FULL", "EXTRA"),
 }
 PRAGMAS = ("busy_timeout", "journal_mode", "synchronous", "foreign_keys")
-_EMPTY: cabc.Mapping[t.Any, t.Any] = types.MappingProxyType({})
 
 
 def check_begin_mode(value: t.Any, name: str = "sqlite_begin") -> str | None:
@@ -143,9 +143,16 @@ def is_configurable(engine: sa.Engine) -> bool:
     return engine.dialect.name == "sqlite" and engine.dialect.driver == "pysqlite"
 
 
+#: The ``BEGIN`` statement of each begin mode of each configured engine,
+#: ``"write"`` being the engine's mode for transactions that will write.
+_engine_statements: weakref.WeakKeyDictionary[sa.Engine, dict[str, str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def configure(engine: sa.Engine, settings: Settings) -> None:
-    """Make SQLite transactions begin when SQLAlchemy begins them, in the
-    mode the connection asks for, and set the pragmas on each new connection.
+    """Make SQLite transactions begin when SQLAlchemy begins them, and set
+    the pragmas on each new connection.
 
     By default the ``sqlite3`` module emits BEGIN only before a data-changing
     statement, so reads run outside the transaction, and a SAVEPOINT taken after
@@ -153,8 +160,7 @@ def configure(engine: sa.Engine, settings: Settings) -> None:
     Turning the module's own handling off and emitting BEGIN from SQLAlchemy's
     ``begin`` event gives SQLite the same transaction boundaries as PostgreSQL.
     """
-    statements: dict[str | None, str] = {None: "BEGIN"}
-    statements.update(_STATEMENTS, write=_STATEMENTS[settings.begin])
+    _engine_statements[engine] = dict(_STATEMENTS, write=_STATEMENTS[settings.begin])
     pragmas = [f"PRAGMA {name} = {value}" for name, value in settings.pragmas]
 
     @sa.event.listens_for(engine, "connect")
@@ -163,59 +169,72 @@ def configure(engine: sa.Engine, settings: Settings) -> None:
         for pragma in pragmas:
             dbapi_connection.execute(pragma).close()
 
-    dialect = engine.dialect
-    dbapi_error = dialect.loaded_dbapi.Error
-
     @sa.event.listens_for(engine, "begin")
     def begin(connection: sa.Connection) -> None:
-        statement = statements[connection.get_execution_options().get(_OPTION)]
         # Straight to the driver: through exec_driver_sql, this one statement
-        # cost more than the whole query of a small read request. Its errors
-        # ("database is locked") are wrapped as SQLAlchemy would wrap them.
+        # cost more than the whole query of a small read request.
+        _run(connection, ("BEGIN",))
+
+
+def _run(connection: sa.Connection, statements: tuple[str, ...]) -> None:
+    """Run *statements* on the driver connection of *connection*; errors
+    ("database is locked") are wrapped as SQLAlchemy would wrap them.
+    """
+    dbapi_connection = connection.connection.dbapi_connection
+    dialect = connection.dialect
+    for statement in statements:
         try:
-            connection.connection.dbapi_connection.execute(statement)  # type: ignore[union-attr]
-        except dbapi_error as e:
+            dbapi_connection.execute(statement)  # type: ignore[union-attr]
+        except dialect.loaded_dbapi.Error as e:
             raise sa_exc.DBAPIError.instance(
-                statement, None, e, dbapi_error, dialect=dialect
+                statement, None, e, dialect.loaded_dbapi.Error, dialect=dialect
             ) from e
 
 
-class BeginBinds:
-    """For one app's SQLite engines, the engine a session uses for each way a
-    transaction may begin; a session holds one such mapping at a time (see
-    ``RoutingSession.uow_begin``). Deferred is the engine itself.
+class BeginModes:
+    """How the transactions of one app's sessions begin on its SQLite
+    engines. A session holds the mode of its next transaction in
+    ``uow_begin_mode`` (``None``: deferred): ``"write"`` (each engine's mode
+    for transactions that will write), or a mode of :data:`BEGIN_MODES`.
     """
 
     def __init__(self, engines: cabc.Iterable[sa.Engine]) -> None:
-        self.variants: dict[str, cabc.Mapping[sa.Engine, sa.Engine]] = {
-            choice: types.MappingProxyType(
-                {e: e.execution_options(**{_OPTION: choice}) for e in engines}
-            )
-            for choice in ("write", "immediate", "exclusive")
-        }
-        self.variants["deferred"] = _EMPTY
+        self.statements = {e: _engine_statements[e] for e in engines}
 
-    def for_unit(self, key: str, unit: object) -> cabc.Mapping[sa.Engine, sa.Engine]:
-        """The engines of a new unit of work: write transactions for the unit of
-        a request whose method is not safe, deferred ones for the others (safe
-        requests, CLI commands, jobs), which may only read.
+    def opened(self, unit: Unit, session: orm.Session) -> None:
+        """The ``opened`` hook of the app's state: a new unit's session begins
+        write transactions when the unit is a request's whose method is not
+        safe, deferred ones otherwise (safe requests, CLI commands, jobs), which
+        may only read. A session joined to an outer transaction (test
+        isolation) is left alone.
         """
-        if (
-            has_request_context()
-            and request.method not in SAFE_METHODS
-            and request.environ.get(key) is unit
-        ):
-            return self.variants["write"]
-        return _EMPTY
+        if isinstance(session.bind, sa.Connection):
+            return
+        session.uow_begin_modes = self  # type: ignore[attr-defined]
+        environ = unit.environ
+        if environ is not None and environ["REQUEST_METHOD"] not in SAFE_METHODS:
+            session.uow_begin_mode = "write"  # type: ignore[attr-defined]
 
-    def for_transaction(self, mode: str | None) -> cabc.Mapping[sa.Engine, sa.Engine]:
-        """The engines of a declared transaction: *mode*, or by default each
-        engine's mode for write transactions.
+    def after_begin(
+        self,
+        session: orm.Session,
+        transaction: orm.SessionTransaction,
+        connection: sa.Connection,
+    ) -> None:
+        """Session event: a transaction began on *connection* with a plain
+        ``BEGIN``; make it the session's mode before it runs anything.
         """
-        return self.variants["write" if mode is None else mode]
+        mode: str | None = session.uow_begin_mode  # type: ignore[attr-defined]
+        if mode is None or transaction.nested:
+            return
+        statements = self.statements.get(connection.engine)
+        if statements is not None:
+            statement = statements[mode]
+            if statement != "BEGIN":
+                _run(connection, ("ROLLBACK", statement))
 
 
-def begin_binds(engines: cabc.Iterable[sa.Engine]) -> BeginBinds | None:
-    """The :class:`BeginBinds` of an app's engines; ``None`` without SQLite."""
-    sqlite = [engine for engine in engines if is_configurable(engine)]
-    return BeginBinds(sqlite) if sqlite else None
+def begin_modes(engines: cabc.Iterable[sa.Engine]) -> BeginModes | None:
+    """The :class:`BeginModes` of an app's engines; ``None`` without SQLite."""
+    sqlite = [engine for engine in engines if engine in _engine_statements]
+    return BeginModes(sqlite) if sqlite else None

@@ -10,12 +10,11 @@ import weakref
 
 from flask import Flask
 from flask import Response
+from flask.globals import _cv_request
 
-from ._lifecycle import close_unit
-from ._lifecycle import State
-from ._lifecycle import Store
-from ._lifecycle import Unit
-from ._lifecycle import unit_store
+from ._lifecycle import end_unit
+from ._state import State
+from ._unit import Unit
 
 _DROPPED = (
     "flask_uow: a streamed response was garbage collected without being"
@@ -41,16 +40,25 @@ def install(app: Flask, state: State) -> None:
     and ``tests/test_flask_contract.py`` fails loudly if Flask changes it.
     """
     original = app.process_response
+    key = state.key
 
     def process_response(response: Response) -> Response:
-        store = unit_store(app)
-        unit: Unit | None = store.get(state.key)
-        if unit is not None:
-            forget_stream(unit)  # Only the last response finalized counts.
         response = original(response)
-        unit = store.get(state.key)
-        if unit is not None and unit.session is not None and response.is_streamed:
-            unit.streaming = end_with(app, state, store, response)
+        ctx = _cv_request.get(None)
+        if ctx is not None:
+            environ = ctx.request.environ
+            unit: Unit | None = environ[key] if key in environ else None
+            if unit is not None:
+                if unit.held is not None:
+                    # Only the last response finalized counts: an earlier
+                    # one was not sent (a request_finished receiver raised).
+                    forget_stream(unit)
+                if (
+                    unit.session is not None
+                    and type(response.response) is not list  # Streamed, or may be.
+                    and response.is_streamed
+                ):
+                    unit.held = end_with(app, state, unit, response)
         return response
 
     app.process_response = process_response  # type: ignore[method-assign]
@@ -58,13 +66,12 @@ def install(app: Flask, state: State) -> None:
 
 def forget_stream(unit: Unit) -> None:
     """Undo a decision made on a response that will not be sent."""
-    if unit.streaming is not None:
-        unit.streaming.detach()
-        unit.streaming = None
+    unit.held.detach()
+    unit.held = None
 
 
 def end_with(
-    app: Flask, state: State, store: Store, response: Response
+    app: Flask, state: State, unit: Unit, response: Response
 ) -> weakref.finalize[..., None]:
     """End the unit of work kept in *store* when *response* is closed, or, if
     it never is, when the server lets go of the response's body.
@@ -75,35 +82,38 @@ def end_with(
     """
     body: t.Any = response.response
     try:
-        net = weakref.finalize(body, end_dropped, app, state, store)
+        net = weakref.finalize(body, end_dropped, app, state, unit)
     except TypeError:  # A body that cannot be weakly referenced, such as iter([]).
-        net = weakref.finalize(response, end_dropped, app, state, store)
+        net = weakref.finalize(response, end_dropped, app, state, unit)
     net.atexit = False  # At exit the pools are going away anyway.
-    response.call_on_close(functools.partial(end_closed, app, state, store, net))
+    response.call_on_close(functools.partial(end_closed, app, state, unit, net))
     return net
 
 
 def end_closed(
-    app: Flask, state: State, store: Store, net: weakref.finalize[..., None]
+    app: Flask, state: State, unit: Unit, net: weakref.finalize[..., None]
 ) -> None:
     """The server closed the response: end the unit, unless already ended."""
     if net.detach() is not None:
-        with app.app_context():
-            close_unit(app, state, store)
+        end_held(app, state, unit)
 
 
-def end_dropped(app: Flask, state: State, store: Store) -> None:
+def end_held(app: Flask, state: State, unit: Unit) -> None:
+    """End a unit that its streamed response held open past its request."""
+    unit.held = None
+    with app.app_context():
+        end_unit(app, state, t.cast("dict[str, t.Any]", unit.environ), unit)
+
+
+def end_dropped(app: Flask, state: State, unit: Unit) -> None:
     """The response was collected unclosed: end the unit, with a warning when
     that returned a connection (a response that got no further than the
     end-of-request commit holds none). Runs in the garbage collector, wherever
     it happens to run, so it never raises.
     """
     try:
-        unit: Unit | None = store.get(state.key)
-        if unit is not None and unit.session is not None:
-            if unit.session.in_transaction():
-                app.logger.warning(_DROPPED)
-        with app.app_context():
-            close_unit(app, state, store)
+        if unit.session is not None and unit.session.in_transaction():
+            app.logger.warning(_DROPPED)
+        end_held(app, state, unit)
     except Exception:  # pragma: no cover - close_unit itself never raises
         app.logger.exception("flask_uow: ending a dropped streamed response failed.")

@@ -16,130 +16,23 @@ import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from flask import Flask
 
+from . import signals
 from ._aborted import savepoint_failed
-from ._engines import to_primary
+from ._arguments import check_decoratable
+from ._bridge import has_receivers
+from ._bridge import send_quietly
 from ._lifecycle import rollback_quietly
 from ._lifecycle import run_callbacks
-from ._lifecycle import State
-from ._lifecycle import Unit
 from ._retry import backoff
 from ._retry import is_disconnect
 from ._retry import lost_connection
+from ._state import State
+from ._unit import Frame
+from ._unit import KEEP
+from ._unit import Unit
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
-
-#: The levels a transaction may ask for; each dialect accepts a subset.
-ISOLATION_LEVELS = frozenset(
-    {"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED"}
-)
-
-
-def check_isolation_level(level: t.Any) -> str | None:
-    """Validate and normalize an ``isolation_level`` argument."""
-    if level is None:
-        return None
-    normal = level.upper().replace("_", " ") if isinstance(level, str) else None
-    if normal not in ISOLATION_LEVELS:
-        raise ValueError(
-            f"isolation_level={level!r} is not an isolation level. Use one of"
-            f" {', '.join(repr(x) for x in sorted(ISOLATION_LEVELS))} (the"
-            " database must support it), or None for the engine's default."
-        )
-    return normal
-
-
-def check_retries(retries: t.Any) -> int:
-    """Validate a ``retries`` argument."""
-    if not isinstance(retries, int) or isinstance(retries, bool):
-        raise TypeError(
-            f"retries={retries!r} must be an int: the number of times to run the"
-            " function again after a transient error, for example retries=3."
-        )
-    if retries < 0:
-        raise ValueError(
-            f"retries={retries} is negative. Use 0 (the default) for no retries,"
-            " or a positive number of retries."
-        )
-    return retries
-
-
-def check_decoratable(fn: t.Any) -> None:
-    if not callable(fn):
-        raise TypeError(
-            f"'transactional' decorates a function, not {type(fn).__name__!r}."
-            " Use it as @uow.transactional or @uow.transactional(retries=3)."
-        )
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-        raise TypeError(
-            f"'transactional' cannot decorate the generator function"
-            f" {fn.__name__!r}: its body runs after the call returns, outside"
-            " the transaction. Decorate a function that consumes the generator,"
-            " or use 'with uow.transaction():' inside the generator."
-        )
-
-
-def transaction_argument_error(unsupported: cabc.Mapping[str, t.Any]) -> str:
-    if "retries" in unsupported:
-        return (
-            "'transaction()' does not take 'retries': a with-block cannot be run"
-            " again. Move the block into a function decorated with"
-            " @uow.transactional(retries=...)."
-        )
-    names = ", ".join(repr(name) for name in unsupported)
-    return (
-        f"'transaction()' got unexpected arguments {names}. It takes 'durable',"
-        " 'isolation_level' and 'sqlite_begin'."
-    )
-
-
-class Frame:
-    """One active transaction of a unit of work: what one entry into a
-    ``uow.transaction()`` block (or one call of a transactional function)
-    began. Kept on the unit's stack, so that a block object entered again, or
-    several times in turn, behaves exactly like separate blocks.
-    """
-
-    __slots__ = (
-        "owner",
-        "app",
-        "unit",
-        "session",
-        "savepoint",
-        "callbacks",
-        "rollback_only",
-        "committing",
-        "doomed",
-        "outer_begin",
-    )
-
-    def __init__(
-        self,
-        owner: TransactionBlock,
-        app: Flask,
-        unit: Unit,
-        session: orm.Session,
-        savepoint: orm.SessionTransaction | None,
-    ) -> None:
-        #: The block that began it.
-        self.owner = owner
-        self.app = app
-        self.unit = unit
-        self.session = session
-        #: The SAVEPOINT of a nested transaction; None for the outermost one.
-        self.savepoint = savepoint
-        #: on_commit callbacks registered inside this transaction; they live
-        #: and die with it, whatever the database did.
-        self.callbacks: list[cabc.Callable[[], object]] = []
-        self.rollback_only = False
-        #: The outermost transaction's COMMIT has been asked for.
-        self.committing = False
-        #: Why this transaction must not commit: a savepoint inside it could
-        #: not be rolled back.
-        self.doomed: BaseException | None = None
-        #: How the session began transactions on SQLite before this outermost
-        #: transaction; put back when it ends.
-        self.outer_begin: t.Any = None
 
 
 def callback_list(unit: Unit) -> list[cabc.Callable[[], object]]:
@@ -213,15 +106,20 @@ class TransactionBlock:
             frame = Frame(self, app, unit, session, session.begin_nested())
         else:
             self._end_prior_work(unit, session)
-            to_primary(session)
+            route = getattr(session, "uow_route", None)
+            if route is not None:  # From now on, the primaries.
+                route.to_primary()
             frame = Frame(self, app, unit, session, None)
-            binds = state.begin_binds
-            if binds is not None:
-                frame.outer_begin = session.uow_begin  # type: ignore[attr-defined]
-                session.uow_begin = binds.for_transaction(self.sqlite_begin)  # type: ignore[attr-defined]
-            # Under test isolation all work shares one outer transaction,
-            # whose isolation level was fixed when it began.
-            if self.isolation_level is not None and state.isolation is None:
+            if getattr(session, "uow_begin_modes", None) is not None:
+                # SQLite: an outermost transaction takes the write lock at
+                # once unless told otherwise; later ones begin as the unit's.
+                frame.outer_begin = session.uow_begin_mode  # type: ignore[attr-defined]
+                session.uow_begin_mode = self.sqlite_begin or "write"  # type: ignore[attr-defined]
+            # A session joined to an outer transaction (test isolation) cannot
+            # change the isolation level that transaction began with.
+            if self.isolation_level is not None and not isinstance(
+                session.bind, sa.Connection
+            ):
                 try:
                     session.connection(
                         execution_options={"isolation_level": self.isolation_level}
@@ -331,8 +229,23 @@ class TransactionBlock:
 
 def _restore_begin(frame: Frame) -> None:
     """The outermost transaction has ended: later ones begin as the unit's."""
-    if frame.outer_begin is not None:
-        frame.session.uow_begin = frame.outer_begin  # type: ignore[attr-defined]
+    if frame.outer_begin is not KEEP:
+        frame.session.uow_begin_mode = frame.outer_begin  # type: ignore[attr-defined]
+
+
+def before_retry(
+    app: Flask, session: orm.Session, exc: BaseException, attempt: int
+) -> None:
+    """Log and announce that a transactional function is run again."""
+    app.logger.info(
+        "flask_uow: retrying a transaction (retry %d) after %s.",
+        attempt,
+        type(exc).__name__,
+    )
+    if has_receivers(signals.before_retry, app):
+        send_quietly(
+            app, signals.before_retry, session=session, exception=exc, attempt=attempt
+        )
 
 
 class Retrier:
@@ -375,12 +288,12 @@ class Retrier:
             self.attempt >= self.retries
             or (frame is not None and frame.savepoint is not None)
             or (frame is not None and frame.committing and is_disconnect(exc))
-            or not self.state.get_classifier()(exc)
+            or not self.state.policy._retry_classifier(exc)
         ):
             raise exc
         self.attempt += 1
         session = self.state.session(self.app) if frame is None else frame.session
-        self.state.before_retry(self.app, session, exc, self.attempt)
+        before_retry(self.app, session, exc, self.attempt)
         return backoff(self.attempt, self.state.retry_delay, self.state.max_delay)
 
     def call(self, fn: cabc.Callable[..., R], args: t.Any, kwargs: t.Any) -> R:

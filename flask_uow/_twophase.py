@@ -37,7 +37,7 @@ from sqlalchemy.dialects import postgresql
 from ._engines import same_engine
 
 if t.TYPE_CHECKING:
-    from ._lifecycle import State
+    from ._state import State
 
 PREFIX = "flask_uow"
 #: Prepared transactions of the commit in progress: (engine name, connection,
@@ -359,8 +359,9 @@ def install(state: State, two_phase: bool) -> Coordinator | None:
     handler = Coordinator(engines) if two_phase else PartialCommitLog(engines)
 
     def before_commit(session: orm.Session) -> None:
-        # Under test isolation every commit is a savepoint's release.
-        if state.isolation is None:
+        # A session joined to an outer transaction (test isolation) commits
+        # nothing: its commits release savepoints.
+        if not isinstance(session.bind, sa.Connection):
             handler.before_commit(session)
 
     factory = state.factory

@@ -16,7 +16,14 @@ from ._changes import Change
 from .signals import after_commit
 
 if t.TYPE_CHECKING:
-    from ._lifecycle import State
+    import sqlalchemy.orm as orm
+
+    from ._state import State
+    from ._unit import Unit
+
+#: Where a session made under isolation finds its :class:`Isolation`: a key
+#: of its ``info``.
+ISOLATION = "flask_uow.isolation"
 
 
 class Isolation:
@@ -67,6 +74,9 @@ class Isolation:
         self.commits: list[list[Change]] = []
         #: The :meth:`~flask_uow.UnitOfWork.on_commit` callbacks that ran.
         self.callbacks: list[cabc.Callable[[], object]] = []
+        #: The units whose session was made under this isolation, still open.
+        self._units: set[Unit] = set()
+        self._saved_options: dict[str, t.Any] | None = None
 
     @property
     def changes(self) -> list[Change]:
@@ -81,12 +91,12 @@ class Isolation:
             app is open (start the isolation before using ``uow.session``).
         """
         state = self._state
-        if state.isolation is not None:
+        if ISOLATION in state.options.get("info", ()):
             raise RuntimeError(
                 f"The app {self.app.name!r} is already isolated. Stop the"
                 " current isolation first; isolations do not nest."
             )
-        if state.open_units:
+        if state.live:
             raise RuntimeError(
                 f"A session of the app {self.app.name!r} is already open, so it"
                 " would not be isolated. Start the isolation before the test"
@@ -100,7 +110,16 @@ class Isolation:
             self._close_connections()
             raise
         after_commit.connect(self._record_commit, self.app)
-        state.isolation = self
+        # Every session of the app joins the outer transactions from now on.
+        self._saved_options = state.options
+        state.options = {
+            "bind": self.connections["default"],
+            "engines": self.connections,
+            "join_transaction_mode": "create_savepoint",
+            "info": {ISOLATION: self},
+        }
+        state.opened.append(self._opened)
+        state.ended.append(self._ended)
 
     def stop(self) -> None:
         """Close the app's open sessions, roll back everything written since
@@ -108,19 +127,28 @@ class Isolation:
         more than once.
         """
         state = self._state
-        if state.isolation is not self:
+        if self._saved_options is None:
             return
-        state.isolation = None
+        state.options, self._saved_options = self._saved_options, None
+        state.opened.remove(self._opened)
+        state.ended.remove(self._ended)
         after_commit.disconnect(self._record_commit, self.app)
         try:
-            for unit in list(state.open_units):
+            units, self._units = self._units, set()
+            for unit in units:
                 unit.frames.clear()
                 session, unit.session = unit.session, None
-                state.open_units.discard(unit)
                 if session is not None:
+                    state.live -= 1
                     session.close()
         finally:
             self._close_connections()
+
+    def _opened(self, unit: Unit, session: orm.Session) -> None:
+        self._units.add(unit)
+
+    def _ended(self, unit: Unit) -> None:
+        self._units.discard(unit)
 
     def recorded(
         self, callback: cabc.Callable[[], object]

@@ -94,7 +94,7 @@ def checked_out(uow: UnitOfWork, app: Flask) -> int:
 
 
 def open_units(uow: UnitOfWork, app: Flask) -> int:
-    return len(uow._state(app)[1].open_units)
+    return uow._state(app)[1].live
 
 
 @pytest.mark.parametrize("outcome", ["raises", "replaces"])
