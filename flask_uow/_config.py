@@ -35,6 +35,8 @@ KNOWN_KEYS = frozenset(
         "UOW_REPLICA_BACKOFF",
         "UOW_REPLICA_WINDOW",
         "UOW_REPLICA_COOKIE",
+        "UOW_OPENTELEMETRY",
+        "UOW_SQL_COMMENTS",
     }
 )
 

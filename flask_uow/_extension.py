@@ -20,6 +20,7 @@ from flask.globals import _cv_request
 from . import _lifecycle
 from . import _replica_hooks
 from . import _streaming
+from . import _telemetry
 from . import _twophase
 from ._api_queries import QueryMethods
 from ._api_servers import ServerMethods
@@ -169,6 +170,8 @@ class UnitOfWork(
         coordinator = _twophase.install(state, two_phase)
         if coordinator is not None:
             self._coordinators[app] = coordinator
+        # After two-phase commit: the commit span starts after its PREPAREs.
+        _telemetry.install(app, state, replicas)
         install_cli(app)
         self._states[app] = state
         app.extensions["uow"] = self

@@ -22,6 +22,7 @@ from flask import Response
 from sqlalchemy.engine.interfaces import ExecuteStyle
 
 from ._query_info import call_site
+from ._query_info import CONTROL
 from ._query_info import describe
 from ._query_info import lazy_relationship
 from ._query_info import NPlusOneWarning
@@ -34,12 +35,7 @@ from ._state import State
 if t.TYPE_CHECKING:
     from ._replicas import Replicas
 
-#: Transaction control: neither recorded nor counted.
-_CONTROL = re.compile(
-    r"\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|END"
-    r"|(START|SET|PREPARE)\s+TRANSACTION)\b",
-    re.IGNORECASE,
-)
+_CONTROL = CONTROL
 
 
 class Insight:

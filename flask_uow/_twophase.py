@@ -281,6 +281,13 @@ class Coordinator:
             )
 
 
+def prepared(session: orm.Session) -> bool:
+    """Whether *session*'s commit in progress prepared transactions: it
+    commits with two-phase commit.
+    """
+    return bool(session.info.get(_PREPARED))
+
+
 def _wrote(connection: sa.Connection) -> bool:
     """Whether the connection's transaction wrote anything: PostgreSQL gives a
     transaction an id at its first write (or row lock).

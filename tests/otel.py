@@ -19,6 +19,7 @@ import typing as t
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask.testing import FlaskClient
 from opentelemetry import metrics
 from opentelemetry import trace
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
@@ -187,6 +188,22 @@ def otel_providers() -> Providers:
 
 
 @pytest.fixture
-def telemetry(otel_providers: Providers) -> Telemetry:
-    """An empty record of spans and metrics for this test."""
+def telemetry(
+    otel_providers: Providers, monkeypatch: pytest.MonkeyPatch
+) -> Telemetry:
+    """An empty record of spans and metrics for this test.
+
+    Flask's error responses are streamed (a ``ClosingIterator``), so the unit
+    of a request that failed ends only when its response is closed, as a
+    WSGI server does at once. The test client closes responses only when it
+    buffers them: here it does, so that every unit's span has ended when the
+    request returns.
+    """
+    open_ = FlaskClient.open
+
+    def buffered_open(self: FlaskClient, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        kwargs.setdefault("buffered", True)
+        return open_(self, *args, **kwargs)
+
+    monkeypatch.setattr(FlaskClient, "open", buffered_open)
     return Telemetry(otel_providers)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_uow import UnitOfWork
-from telemetry_draft.sqlcomment import parse_comment
+from flask_uow._sqlcomment import parse_comment
 
 from .conftest import AppFactory
 from .conftest import Database

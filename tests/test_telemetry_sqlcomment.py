@@ -9,9 +9,9 @@ import sqlite3
 
 import pytest
 
-from telemetry_draft.sqlcomment import append_comment
-from telemetry_draft.sqlcomment import format_comment
-from telemetry_draft.sqlcomment import parse_comment
+from flask_uow._sqlcomment import append_comment
+from flask_uow._sqlcomment import format_comment
+from flask_uow._sqlcomment import parse_comment
 
 #: Values built to end the quoted value, the comment, or the statement.
 HOSTILE = [
