@@ -187,7 +187,7 @@ class Replicas:
                 hook("position")
             return group.primary
         behind: Replica | None = None
-        lagging = False
+        missing = lagging = False
         for replica in group.in_turn():
             if not group.wal:
                 return replica.engine
@@ -196,6 +196,9 @@ class Replicas:
                 continue
             replayed, lag = status
             if self.max_lag is not None and (lag is None or lag > self.max_lag):
+                # A lagging replica that also misses the client's own write
+                # is told as missing it (telemetry's reason).
+                missing = missing or (lsn is not None and replayed < lsn)
                 lagging = True
                 continue
             if lsn is not None and replayed < lsn:
@@ -210,7 +213,9 @@ class Replicas:
                     hook("position")
             return chosen
         for hook in self.fell_back:
-            hook("position" if behind else "lag" if lagging else "unreachable")
+            hook(
+                "position" if behind or missing else "lag" if lagging else "unreachable"
+            )
         return group.primary
 
     def _status(self, app: Flask, replica: Replica) -> tuple[int, float | None] | None:

@@ -124,9 +124,7 @@ class Spans:
         )
         _end_with(span, outcome, record.error)
         kind = "context" if unit.environ is None else "request"
-        self.transactions.add(
-            1, {"flask_uow.outcome": outcome, "flask_uow.kind": kind}
-        )
+        self.transactions.add(1, {"flask_uow.outcome": outcome, "flask_uow.kind": kind})
         _detach(record.context, record.token)
 
     def traceparent(self, record: UnitTrace) -> str:

@@ -145,9 +145,7 @@ class BlockWatch(t.Protocol):
     ``uow.transaction()`` block, or every try of a transactional function).
     """
 
-    def ended(
-        self, committed: bool, keep: bool, error: BaseException | None
-    ) -> None:
+    def ended(self, committed: bool, keep: bool, error: BaseException | None) -> None:
         """A try ended: committed, or rolled back (*keep* says whether a
         commit was asked for), *error* being what ended it, if anything.
         """

@@ -188,9 +188,7 @@ def otel_providers() -> Providers:
 
 
 @pytest.fixture
-def telemetry(
-    otel_providers: Providers, monkeypatch: pytest.MonkeyPatch
-) -> Telemetry:
+def telemetry(otel_providers: Providers, monkeypatch: pytest.MonkeyPatch) -> Telemetry:
     """An empty record of spans and metrics for this test.
 
     Flask's error responses are streamed (a ``ClosingIterator``), so the unit
