@@ -13,13 +13,13 @@ import sqlalchemy as sa
 import sqlalchemy.orm as orm
 from blinker import NamedSignal
 from flask import Flask
-from flask.globals import _cv_app
 
 from . import signals
 from ._aborted import check_committable
 from ._changes import ChangeSet
 from ._changes import record_flush
 from ._changes import record_statement
+from ._state import app_context
 
 if t.TYPE_CHECKING:
     from ._unit import Unit
@@ -86,7 +86,7 @@ def _app() -> Flask | None:
     """The current app; ``None`` outside an application context (a streamed
     body without ``stream_with_context``, say), where nothing is signalled.
     """
-    ctx = _cv_app.get(None)
+    ctx = app_context()
     return None if ctx is None else ctx.app
 
 

@@ -14,8 +14,6 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask
-from flask.globals import _cv_app
-from flask.globals import _cv_request
 
 from . import _lifecycle
 from . import _replica_hooks
@@ -46,7 +44,9 @@ from ._replicas import create_replicas
 from ._replicas import Replicas
 from ._retry import is_transient_error
 from ._sqlite import begin_modes
+from ._state import app_context
 from ._state import current_app_and_state
+from ._state import request_context
 from ._state import State
 from ._state import unknown_app
 from ._twophase import check_two_phase
@@ -151,7 +151,7 @@ class UnitOfWork(
             created += replicas.engines() if replicas else ()
             two_phase = check_two_phase(app.config["UOW_TWO_PHASE"], engines)
             factory = _sessionmaker(engines, options)
-        state = State(app, engines, factory, app.config, self)
+        state = State(engines, factory, app.config, self)
         # Each capability sets itself up; the order matters only where a
         # comment says so.
         modes = begin_modes(engines.values())
@@ -194,12 +194,12 @@ class UnitOfWork(
             set up with :meth:`init_app`.
         """
         # The hot path: a view may use the session many times per request.
-        ctx = _cv_app.get(None)
+        ctx = app_context()
         if ctx is not None:
             app = ctx.app
             state = self._states.get(app)
             if state is not None:
-                rctx = _cv_request.get(None)
+                rctx = request_context()
                 if rctx is not None and rctx.app is app:
                     unit = rctx.request.environ.get(state.key)
                     if unit is not None and unit.session is not None:

@@ -29,10 +29,10 @@ import sqlalchemy.orm as orm
 from flask import Flask
 from flask import got_request_exception
 from flask import Response
-from flask.globals import _cv_app
-from flask.globals import _cv_request
 
 from ._bridge import listen
+from ._state import app_context
+from ._state import request_context
 from ._state import State
 from ._unit import Unit
 
@@ -68,7 +68,7 @@ def install(app: Flask, state: State) -> None:
                     end_request_unit(app, state, unit)
 
     def finish_request(response: Response) -> Response:
-        ctx = _cv_request.get(None)
+        ctx = request_context()
         if ctx is None:  # pragma: no cover - Flask runs these in a request
             return response
         environ = ctx.request.environ
@@ -91,7 +91,7 @@ def install(app: Flask, state: State) -> None:
         return original_handle_user_exception(e)
 
     def close_context_unit(exc: BaseException | None) -> None:
-        ctx = _cv_app.get(None)
+        ctx = app_context()
         if ctx is not None:
             store = ctx.g.__dict__
             if key in store:
@@ -215,7 +215,7 @@ def end_request_unit(app: Flask, state: State, unit: Unit) -> None:
     session = unit.session
     environ = t.cast("dict[str, t.Any]", unit.environ)
     if session is not None and (unit.ready or session.in_transaction()):
-        ctx = _cv_app.get(None)
+        ctx = app_context()
         if ctx is None or ctx.app is not app:
             with app.app_context():
                 end_unit(app, state, environ, unit)

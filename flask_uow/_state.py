@@ -25,6 +25,7 @@ never names a capability.
 from __future__ import annotations
 
 import collections.abc as cabc
+import functools
 import itertools
 import typing as t
 
@@ -37,6 +38,20 @@ from flask.globals import _cv_request
 
 from ._unit import BlockWatch
 from ._unit import Unit
+
+if t.TYPE_CHECKING:
+    from flask.ctx import AppContext
+    from flask.ctx import RequestContext
+
+#: The current request context and application context, or ``None``. Flask
+#: has no public way to ask which app they belong to, and its proxies cost
+#: several calls per use on a path every request takes: flask_uow reads
+#: Flask's two context variables, and only through these two names.
+#: ``tests/test_flask_contract.py`` fails loudly if Flask changes them.
+request_context: cabc.Callable[[], RequestContext | None] = functools.partial(
+    _cv_request.get, None
+)
+app_context: cabc.Callable[[], AppContext | None] = functools.partial(_cv_app.get, None)
 
 CommitVeto = cabc.Callable[[Response], bool]
 RetryClassifier = cabc.Callable[[BaseException], bool]
@@ -66,7 +81,6 @@ class State:
 
     def __init__(
         self,
-        app: Flask,
         engines: dict[str, sa.Engine],
         factory: orm.sessionmaker[orm.Session],
         config: cabc.Mapping[str, t.Any],
@@ -103,7 +117,7 @@ class State:
         kept in the application context's ``g``, so each application context
         gets its own unit.
         """
-        ctx = _cv_request.get(None)
+        ctx = request_context()
         if ctx is not None and ctx.app is app:
             environ = ctx.request.environ
             key = self.key
@@ -136,12 +150,12 @@ class State:
 
     def peek(self, app: Flask) -> Unit | None:
         """The current unit of work of *app*, without creating one."""
-        ctx = _cv_request.get(None)
+        ctx = request_context()
         if ctx is not None and ctx.app is app:
             environ = ctx.request.environ
             if self.key in environ:
                 return t.cast("Unit | None", environ[self.key])
-        actx = _cv_app.get(None)
+        actx = app_context()
         if actx is None:
             return None
         return t.cast("Unit | None", actx.g.__dict__.get(self.key))
@@ -149,7 +163,7 @@ class State:
 
 def context_store() -> dict[str, t.Any]:
     """The attributes of the current application context's ``g``."""
-    ctx = _cv_app.get(None)
+    ctx = app_context()
     if ctx is None:
         raise RuntimeError(_NO_APP_CONTEXT)
     return ctx.g.__dict__
@@ -164,7 +178,7 @@ def current_app_and_state(
         in *states*.
     """
     if app is None:
-        ctx = _cv_app.get(None)
+        ctx = app_context()
         if ctx is None:
             raise RuntimeError(_NO_APP_CONTEXT)
         app = ctx.app

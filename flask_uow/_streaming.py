@@ -10,9 +10,9 @@ import weakref
 
 from flask import Flask
 from flask import Response
-from flask.globals import _cv_request
 
 from ._lifecycle import end_unit
+from ._state import request_context
 from ._state import State
 from ._unit import Unit
 
@@ -44,7 +44,7 @@ def install(app: Flask, state: State) -> None:
 
     def process_response(response: Response) -> Response:
         response = original(response)
-        ctx = _cv_request.get(None)
+        ctx = request_context()
         if ctx is not None:
             environ = ctx.request.environ
             unit: Unit | None = environ[key] if key in environ else None

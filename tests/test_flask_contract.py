@@ -9,11 +9,11 @@ import typing as t
 import sqlalchemy as sa
 from flask import Flask
 from flask import request
-from flask import request_started
 from flask import Response
-from flask.globals import _cv_request
 
 from flask_uow._bridge import savepoint_name
+from flask_uow._state import app_context
+from flask_uow._state import request_context
 
 
 def make_app() -> Flask:
@@ -27,14 +27,14 @@ def test_request_context_variable_names_the_app_and_request() -> None:
 
     @app.get("/")
     def index() -> str:
-        ctx = _cv_request.get(None)
+        ctx = request_context()
         seen.append(ctx is not None and ctx.app is app)
         seen.append(ctx is not None and ctx.request is request._get_current_object())  # type: ignore[attr-defined]
         return ""
 
     app.test_client().get("/")
     assert seen == [True, True]
-    assert _cv_request.get(None) is None
+    assert request_context() is None
 
 
 def test_handle_user_exception_sees_handled_exceptions() -> None:
@@ -116,27 +116,46 @@ def test_process_response_sees_the_final_response_of_each_finalization() -> None
     assert seen == [202, 500]
 
 
-def test_request_started_comes_first_in_a_handled_request_only() -> None:
-    """request_started is sent by the handling app, with its request context
-    pushed, before any url_value_preprocessor or before_request function, and
-    not for a request context that is only pushed; flask_uow marks a request
-    as handled there.
+def test_wsgi_app_is_called_for_every_handled_request_only() -> None:
+    """Flask calls the app's wsgi_app attribute for every request it handles
+    (the documented place for middleware), with the request context not yet
+    pushed, and not for a request context that is only pushed; flask_uow marks
+    a request as handled there, and ends its unit when it returns.
     """
     app = make_app()
     seen: list[str] = []
+    original = app.wsgi_app
 
-    def started(sender: Flask, **extra: t.Any) -> None:
-        ctx = _cv_request.get(None)
-        seen.append(f"started {sender is app and ctx is not None and ctx.app is app}")
+    def wrapper(environ: dict[str, t.Any], start_response: t.Any) -> t.Any:
+        seen.append(f"wsgi_app {request_context() is None}")
+        try:
+            return original(environ, start_response)
+        finally:
+            seen.append(f"returned {request_context() is None}")
 
-    app.url_value_preprocessor(lambda endpoint, values: seen.append("preprocessor"))
+    app.wsgi_app = wrapper  # type: ignore[method-assign]
     app.before_request(lambda: seen.append("before_request"))
+    app.teardown_request(lambda exc: seen.append("teardown_request"))
     app.get("/")(lambda: "")
-    request_started.connect(started, app)
-    try:
-        with app.test_request_context():
-            pass
-        app.test_client().get("/")
-    finally:
-        request_started.disconnect(started, app)
-    assert seen == ["started True", "preprocessor", "before_request"]
+    with app.test_request_context():
+        pass
+    app.test_client().get("/")
+    assert seen == [
+        "teardown_request",  # The pushed context: torn down, never handled.
+        "wsgi_app True",
+        "before_request",
+        "teardown_request",
+        "returned True",
+    ]
+
+
+def test_app_context_variable_names_the_app() -> None:
+    """flask_uow finds the current app through Flask's application context
+    variable, with or without a request.
+    """
+    app = make_app()
+    with app.app_context():
+        ctx = app_context()
+        assert ctx is not None and ctx.app is app
+        assert ctx.g is app_context().g  # type: ignore[union-attr]
+    assert app_context() is None
