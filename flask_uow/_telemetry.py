@@ -85,7 +85,7 @@ def install(app: Flask, state: State, replicas: Replicas | None) -> None:
     if spans_on:
         try:
             from ._telemetry_spans import Spans
-        except ImportError as e:
+        except ImportError as e:  # pragma: no cover - tested in a child process
             raise RuntimeError(_MISSING_OTEL) from e
         spans = Spans()
     telemetry = Telemetry(spans, comments)
@@ -144,9 +144,11 @@ class Telemetry:
         """Point the connection a transaction of a unit began on to its trace."""
         unit: Unit | None = getattr(session, "uow_unit", None)
         trace = None if unit is None else unit.trace
-        if trace is not None and connection.info.get(TRACE) is not trace:
-            connection.info[TRACE] = trace
-            trace.connections.append(connection)
+        if trace is not None:
+            info = connection.info
+            if info.get(TRACE) is not trace:
+                info[TRACE] = trace
+                trace.connections.append(info)
 
     def transaction_ended(
         self, session: orm.Session, transaction: orm.SessionTransaction
@@ -158,11 +160,9 @@ class Telemetry:
         if unit is None or unit.trace is None:
             return
         trace = unit.trace
-        for connection in trace.connections:
-            try:
-                info = connection.info
-            except sa.exc.SQLAlchemyError:  # Closed or invalidated: forgotten.
-                continue
+        # The connections are closed by now: what they pointed with is the
+        # info of their pool entries, kept.
+        for info in trace.connections:
             if info.get(TRACE) is trace:
                 del info[TRACE]
         trace.connections.clear()

@@ -195,8 +195,10 @@ class UnitTrace:
         #: transaction used.
         self.engines: set[str] = set()
         self.open_engines: set[str] = set()
-        #: The connections of the current transaction that point to this.
-        self.connections: list[sa.Connection] = []
+        #: The ``info`` of the connections of the current transaction that
+        #: point to this (their pool entries' info: it outlives the
+        #: connection objects).
+        self.connections: list[dict[t.Any, t.Any]] = []
         self.replica = False
         self.two_phase = False
         #: How the unit's last transaction ended, and the error that ended it.

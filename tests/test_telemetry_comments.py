@@ -109,6 +109,31 @@ def test_location_names_the_calling_line(
     assert fields["controller"] == "here"
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_pooled_connection_used_outside_units_sends_no_comment(
+    make_app: AppFactory, uow: UnitOfWork, db_url: str
+) -> None:
+    """Once a unit ended, its connection, handed out again by the pool and
+    used outside any unit, sends its statements as they are.
+    """
+    app = make_app(UOW_ENGINES={"default": db_url}, UOW_SQL_COMMENTS=True)
+    seen = seen_by_sqlite(uow, app)
+    uow.dispose_engines(app)  # Every connection from now on is traced.
+
+    @app.get("/one")
+    def one() -> str:
+        return str(uow.session.execute(sa.select(sa.literal(1))).scalar())
+
+    assert app.test_client().get("/one").status_code == 200
+    with app.app_context():
+        with uow.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.literal(2))).scalar() == 2
+        assert uow.engine.pool.checkedin() == 1  # One connection, used twice.
+    first, second = user_statements(seen)
+    assert parse_comment(first)["controller"] == "one"
+    assert parse_comment(second) == {}
+
+
 def test_traceparent_is_the_active_span(
     make_app: AppFactory,
     uow: UnitOfWork,
