@@ -128,7 +128,8 @@ def test_a_pooled_connection_used_outside_units_sends_no_comment(
     with app.app_context():
         with uow.engine.connect() as conn:
             assert conn.execute(sa.select(sa.literal(2))).scalar() == 2
-        assert uow.engine.pool.checkedin() == 1  # One connection, used twice.
+        pool = t.cast(sa.QueuePool, uow.engine.pool)
+        assert pool.checkedin() == 1  # One connection, used twice.
     first, second = user_statements(seen)
     assert parse_comment(first)["controller"] == "one"
     assert parse_comment(second) == {}
