@@ -173,7 +173,7 @@ class Spans:
             return
         unit: Unit | None = getattr(session, "uow_unit", None)
         record = None if unit is None else unit.trace
-        if record is None or record.span is None:
+        if record is None:
             return
         record.committed = True
         record.outcome = "commit"
@@ -186,8 +186,6 @@ class Spans:
 
     def transaction_ended(self, record: UnitTrace) -> None:
         """The unit's transaction ended; if it did not commit, say how."""
-        if record.span is None:
-            return
         if record.committed:
             record.committed = False
             return
@@ -224,7 +222,7 @@ class Block:
         self.outcome = "rollback"
         self.error: BaseException | None = None
         self.previous = None if record is None else record.current
-        parent = None if self.previous is None else self.previous
+        parent = self.previous
         self.span = spans.tracer.start_span(
             "flask_uow.transaction",
             context=None if parent is None else trace.set_span_in_context(parent),

@@ -15,6 +15,7 @@ import typing as t
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask import stream_with_context
 
 from flask_uow import UnitOfWork
 from flask_uow._sqlcomment import parse_comment
@@ -167,6 +168,54 @@ def test_traceparent_is_the_active_span(
     assert int(trace_id, 16) == unit.context.trace_id
     ids = {s.context.span_id for s in [unit, *telemetry.descendants(unit)]}
     assert int(span_id, 16) in ids
+
+
+def test_a_streamed_body_names_the_unit_span(
+    make_app: AppFactory,
+    uow: UnitOfWork,
+    db_url: str,
+    backend: str,
+    telemetry: Telemetry,
+) -> None:
+    """The body of a streamed response runs after the Flask instrumentation
+    ended the request's span and reset the current context: the statements
+    of the body, like those of the view, name the unit's span in their
+    traceparent; the unit's span lasts until the stream closes.
+    """
+    app = commented_app(
+        make_app, uow, db_url, UOW_SQL_COMMENTS=True, UOW_OPENTELEMETRY=True
+    )
+    texts: list[str] = []
+    with app.app_context():
+        sa.event.listen(
+            uow.engine,
+            "after_cursor_execute",
+            lambda conn, cursor, statement, *a: texts.append(statement),
+        )
+
+    @app.get("/stream")
+    def stream() -> t.Any:
+        uow.session.execute(sa.select(Item.id).where(Item.id == 0)).all()
+
+        def rows() -> cabc.Iterator[str]:
+            yield str(uow.session.scalar(sa.select(sa.func.count(Item.id))))
+
+        return app.response_class(stream_with_context(rows()))
+
+    with telemetry.flask_instrumented(app):
+        response = app.test_client().get("/stream")
+    assert response.get_data(as_text=True) == "0"
+    unit = telemetry.one("flask_uow.unit")
+    request_span = telemetry.one("GET /stream")
+    assert unit.parent is not None
+    assert unit.parent.span_id == request_span.context.span_id
+    assert request_span.end_time <= unit.end_time  # type: ignore[operator]
+    in_view, in_body = user_statements(texts)
+    double = backend == "postgresql"
+    assert "count" in in_body
+    for statement in (in_view, in_body):
+        traceparent = parse_comment(statement, double_percent=double)["traceparent"]
+        assert int(traceparent.split("-")[2], 16) == unit.context.span_id
 
 
 def test_nothing_user_controlled_closes_the_comment(
