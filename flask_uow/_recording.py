@@ -35,8 +35,6 @@ from ._state import State
 if t.TYPE_CHECKING:
     from ._replicas import Replicas
 
-_CONTROL = CONTROL
-
 
 class Insight:
     """Query insight for every app of one :class:`~flask_uow.UnitOfWork`."""
@@ -178,7 +176,7 @@ class Recorder:
             context: t.Any,
             executemany: bool,
         ) -> None:
-            if _CONTROL.match(statement):
+            if CONTROL.match(statement):
                 return
             queries = self.unit_queries() if self.per_unit else None
             context._uow_queries = queries

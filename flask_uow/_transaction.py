@@ -291,12 +291,15 @@ class Retrier:
         """Begin a try; an outermost transaction that fails to begin (a
         locked SQLite database, say) is returned as its error, to retry.
         """
-        outermost = not self.state.unit(self.app).frames
+        unit = self.state.unit(self.app)
+        outermost = not unit.frames
         try:
             frame = self.block.begin(self.watches)
         except Exception as e:
             if not outermost:
                 raise
+            if self.state.blocks and not self.watches:  # Its retry is watched too.
+                self.watches = tuple(hook(unit) for hook in self.state.blocks)
             return e
         if frame.watches:
             self.watches = frame.watches
