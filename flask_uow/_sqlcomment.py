@@ -39,9 +39,23 @@ def format_comment(fields: cabc.Mapping[str, str], *, double_percent: bool) -> s
     :param double_percent: Write each ``%`` as ``%%``, for drivers that format
         the statement text with its parameters.
     """
-    pairs = sorted(
+    return comment_of(encoded(fields), double_percent=double_percent)
+
+
+def encoded(fields: cabc.Mapping[str, str]) -> list[tuple[str, str]]:
+    """The non-empty *fields* as encoded ``(key, value)`` pairs, sorted."""
+    return sorted(
         (encode(key), encode(value)) for key, value in fields.items() if value
     )
+
+
+def comment_of(pairs: list[tuple[str, str]], *, double_percent: bool) -> str:
+    """The comment for *pairs*, encoded and sorted as :func:`encoded` makes
+    them, or ``""`` when there are none.
+
+    :param pairs: Encoded keys and values, sorted by key.
+    :param double_percent: As for :func:`format_comment`.
+    """
     if not pairs:
         return ""
     body = ",".join(f"{key}='{value}'" for key, value in pairs)

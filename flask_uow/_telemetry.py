@@ -25,7 +25,9 @@ from flask import request
 from ._query_info import call_site
 from ._query_info import CONTROL
 from ._sqlcomment import append_comment
-from ._sqlcomment import format_comment
+from ._sqlcomment import comment_of
+from ._sqlcomment import encode
+from ._sqlcomment import encoded
 from ._sqlcomment import PERCENT_STYLES
 from ._state import State
 from ._unit import Unit
@@ -119,16 +121,33 @@ class Telemetry:
         self.spans = spans
         self.comments = bool(comments)
         self.location = comments == "location"
+        #: The comment's encoded request fields, by endpoint, rule and method.
+        self.encoded: dict[
+            tuple[str | None, str | None, str], list[tuple[str, str]]
+        ] = {}
 
     def opened(self, unit: Unit, session: orm.Session) -> None:
         """The ``opened`` hook: start the unit's trace (and span)."""
-        fields: dict[str, str] = {}
+        pairs: list[tuple[str, str]] = []
         if self.comments and unit.environ is not None and has_request_context():
             rule = request.url_rule
-            fields["controller"] = request.endpoint or ""
-            fields["route"] = "" if rule is None else rule.rule
-            fields["method"] = request.method
-        unit.trace = UnitTrace(fields)
+            key = (
+                request.endpoint,
+                None if rule is None else rule.rule,
+                request.method,
+            )
+            cached = self.encoded.get(key)
+            if cached is None:
+                # Encoded once per endpoint, rule and method: they are few.
+                cached = self.encoded[key] = encoded(
+                    {
+                        "controller": key[0] or "",
+                        "route": key[1] or "",
+                        "method": key[2],
+                    }
+                )
+            pairs = cached
+        unit.trace = UnitTrace(pairs)
         if self.spans is not None:
             self.spans.opened(unit.trace)
 
@@ -197,17 +216,22 @@ class Telemetry:
                 trace.replica = True
             if not comments:
                 return statement, parameters
-            fields = dict(trace.fields)
+            # The unit's fields were encoded once; a traceparent is hex digits
+            # and dashes, which encoding leaves as they are.
+            pairs = trace.fields
             if spans is not None:
-                fields["traceparent"] = spans.traceparent(trace)
+                traceparent = spans.traceparent(trace)
+                if traceparent:
+                    pairs = [*pairs, ("traceparent", traceparent)]
             if location:
                 frame = call_site()
                 if frame is not None:
-                    fields["location"] = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+                    place = encode(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+                    pairs = sorted([*pairs, ("location", place)])
             # A statement sent without parameters is not formatted by the
             # driver, so its '%' stay single.
             double = percent and not getattr(context, "no_parameters", False)
-            comment = format_comment(fields, double_percent=double)
+            comment = comment_of(pairs, double_percent=double)
             return append_comment(statement, comment), parameters
 
         return before_cursor_execute

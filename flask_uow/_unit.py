@@ -181,7 +181,7 @@ class UnitTrace:
         "fields",
     )
 
-    def __init__(self, fields: dict[str, str]) -> None:
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
         #: The unit's span, its context and the token that made it current;
         #: None while only SQL comments are on.
         self.span: t.Any = None
@@ -209,5 +209,6 @@ class UnitTrace:
         #: The span of a COMMIT in progress, and when it began.
         self.commit: t.Any = None
         self.commit_start = 0.0
-        #: The SQL comment's fields that stay the same for the whole unit.
+        #: The SQL comment's fields that stay the same for the whole unit,
+        #: encoded, sorted by key.
         self.fields = fields
