@@ -9,5 +9,7 @@ pytest_plugins = [
     "flask_uow.pytest_plugin",
     "pytester",
     "tests.pgtwophase",
+    "tests.pgbouncer",
+    "tests.deploying",
     "tests.otel",
 ]

@@ -49,7 +49,7 @@ NO_DATABASE = frozenset({"plain"})
 
 def add_routes(
     app: Flask,
-    session: cabc.Callable[[], orm.Session],
+    session: cabc.Callable[[], orm.Session | orm.scoped_session[orm.Session]],
     commit: bool,
     wrap: cabc.Callable[[t.Any], t.Any] = lambda view: view,
 ) -> None:

@@ -60,6 +60,10 @@ class LoadResult:
     problems: list[str]
     #: The end of the server's log, to explain a failure.
     log: str
+    #: PostgreSQL only: connections to the database left inside a
+    #: transaction once every client had its answers (0 when all went back
+    #: to the pools clean).
+    in_transaction_after: int = 0
 
     @property
     def requests(self) -> int:
@@ -103,11 +107,21 @@ def _seed(engines: dict[str, t.Any], accounts: int) -> list[int]:
 
 @contextlib.contextmanager
 def serve(
-    config: dict[str, t.Any], workers: int, env: cabc.Mapping[str, str] | None = None
+    config: dict[str, t.Any],
+    workers: int,
+    env: cabc.Mapping[str, str] | None = None,
+    *,
+    worker_class: str = "sync",
+    preload: bool = False,
+    app: str | None = None,
 ) -> cabc.Iterator[tuple[int, list[str]]]:
-    """Serve ``example_app:create_app(config)`` with gunicorn on loopback;
-    yield its port, and a list that receives the end of its log once it has
-    stopped.
+    """Serve ``example_app:create_app(config)`` (or the gunicorn app spec
+    *app*) with gunicorn on loopback; yield its port, and a list that
+    receives the end of its log once it has stopped.
+
+    :param worker_class: gunicorn's ``--worker-class``, such as ``"gevent"``.
+    :param preload: Create the app in the master process, before forking the
+        workers (``--preload``).
     """
     logs: list[str] = []
     home = tempfile.TemporaryDirectory()  # gunicorn puts its control socket there.
@@ -124,7 +138,10 @@ def serve(
                 f"127.0.0.1:{port}",
                 "--graceful-timeout",
                 "5",
-                f"example_app:create_app({config!r})",
+                "--worker-class",
+                worker_class,
+                *(["--preload"] if preload else []),
+                app or f"example_app:create_app({config!r})",
             ],
             cwd=ROOT,
             env={**os.environ, **(env or {}), "HOME": home.name},
@@ -187,6 +204,8 @@ def run(
     accounts: int = 5,
     read_share: float = 0.0,
     retries: int | None = None,
+    worker_class: str = "sync",
+    preload: bool = False,
 ) -> LoadResult:
     """Open *accounts* accounts on *url* (its ledger tables are dropped and
     made again), serve the example app on it with *workers* gunicorn workers,
@@ -196,6 +215,9 @@ def run(
     :param options: flask_uow options of the engine entry, such as
         ``sqlite_begin`` (``SQLITE_BEFORE`` for the old behaviour).
     :param retries: The transfer view's retries, if not the example app's.
+    :param worker_class: gunicorn's worker class (``"sync"``, ``"gevent"``...).
+    :param preload: Serve with ``--preload``: the app, which queries the
+        database when it is created, is made before the workers are forked.
     """
     engines = _entry(url, options or {})
     ids = _seed(engines, accounts)
@@ -206,7 +228,9 @@ def run(
         statuses: list[int] = []
         committed: list[Transfer] = []
         env = {} if retries is None else {"LEDGER_TRANSFER_RETRIES": str(retries)}
-        with serve(config, workers, env) as (port, logs):
+        with serve(
+            config, workers, env, worker_class=worker_class, preload=preload
+        ) as (port, logs):
             threads = [
                 threading.Thread(
                     target=_client,
@@ -220,10 +244,40 @@ def run(
             for thread in threads:
                 thread.join()
             seconds = time.perf_counter() - started
+            in_transaction = in_transaction_after(url)
         notifications = outbox.read_text().splitlines()
     counts = collections.Counter(statuses)
     problems = check(url, ids, committed, notifications)
-    return LoadResult(counts, committed, counts[200], seconds, problems, logs[0])
+    return LoadResult(
+        counts, committed, counts[200], seconds, problems, logs[0], in_transaction
+    )
+
+
+def in_transaction_after(url: str, settle: float = 2.0) -> int:
+    """On PostgreSQL, the other connections to *url*'s database that are
+    still inside a transaction once the clients are done, while the server
+    runs; 0 elsewhere. A request's teardown may end its transaction just
+    after the client got the response, so it is asked again for up to
+    *settle* seconds until none is.
+    """
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    if engine.dialect.name != "postgresql":
+        return 0
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+    )
+    deadline = time.monotonic() + settle
+    try:
+        with engine.connect() as conn:
+            while True:
+                count = int(conn.execute(query).scalar_one())
+                conn.rollback()
+                if not count or time.monotonic() > deadline:
+                    return count
+                time.sleep(0.05)
+    finally:
+        engine.dispose()
 
 
 def check(

@@ -2,12 +2,15 @@ from . import signals as signals
 from ._aborted import TransactionAbortedError as TransactionAbortedError
 from ._changes import Change as Change
 from ._config import UnknownConfigKeyWarning as UnknownConfigKeyWarning
+from ._current import CurrentSession as CurrentSession
+from ._detached import DetachedWriteWarning as DetachedWriteWarning
 from ._extension import UnitOfWork as UnitOfWork
 from ._lifecycle import default_commit_veto as default_commit_veto
 from ._pagination import Pagination as Pagination
 from ._query_info import get_recorded_queries as get_recorded_queries
 from ._query_info import NPlusOneWarning as NPlusOneWarning
 from ._query_info import QueryRecord as QueryRecord
+from ._recovery import RecoveryIncompleteError as RecoveryIncompleteError
 from ._recovery import Resolution as Resolution
 from ._retry import is_transient_error as is_transient_error
 from .signals import after_begin as after_begin
@@ -19,10 +22,13 @@ from .testing import Isolation as Isolation
 
 __all__ = [
     "Change",
+    "CurrentSession",
+    "DetachedWriteWarning",
     "Isolation",
     "Pagination",
     "NPlusOneWarning",
     "QueryRecord",
+    "RecoveryIncompleteError",
     "Resolution",
     "TransactionAbortedError",
     "UnitOfWork",

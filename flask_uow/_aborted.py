@@ -12,6 +12,8 @@ import sqlalchemy as sa
 #: libpq's ``PQTRANS_INERROR``: psycopg 3's ``TransactionStatus.INERROR`` and
 #: psycopg2's ``TRANSACTION_STATUS_INERROR`` both have this value.
 _PQTRANS_INERROR = 3
+#: libpq's ``PQTRANS_UNKNOWN``: the connection is bad or closed.
+_PQTRANS_UNKNOWN = 4
 
 _CAUGHT = (
     "An earlier statement of this transaction failed and its error was caught, "
@@ -65,7 +67,19 @@ def check_committable(connections: cabc.Iterable[sa.Connection]) -> None:
     for connection in connections:
         if connection.invalidated:
             raise TransactionAbortedError(_LOST, connection_lost=True)
-        reason = _aborted_reason(connection.connection.dbapi_connection)
+        try:
+            reason = _aborted_reason(connection.connection.dbapi_connection)
+        except Exception as e:
+            # The driver refuses to tell: its connection was closed under the
+            # session (sqlite3's "Cannot operate on a closed database",
+            # psycopg2's "connection already closed"). A lost connection:
+            # invalidated, so that the rollback sends nothing on it and the
+            # pool opens a new one for the next transaction.
+            connection.invalidate(e)
+            raise TransactionAbortedError(_LOST, connection_lost=True) from e
+        if reason is _LOST:
+            connection.invalidate()
+            raise TransactionAbortedError(_LOST, connection_lost=True)
         if reason is not None:
             raise TransactionAbortedError(reason)
 
@@ -91,4 +105,6 @@ def _aborted_reason(dbapi_connection: t.Any) -> str | None:
             return None
         in_transaction = getattr(dbapi_connection, "in_transaction", None)
         return _SQLITE if in_transaction is False else None
+    if status == _PQTRANS_UNKNOWN or getattr(dbapi_connection, "closed", False):
+        return _LOST
     return _CAUGHT if status == _PQTRANS_INERROR else None

@@ -91,10 +91,18 @@ class ServerMethods:
         transactions of other software, or of apps with another ``"default"``
         database, are never touched. See :doc:`/two_phase`.
 
+        A database that cannot be reached does not stop the others: every
+        prepared transaction that can be reached is settled first, then
+        :class:`~flask_uow.RecoveryIncompleteError` lists the unreachable
+        engines and carries what was settled. With the ``"default"`` engine
+        unreachable, nothing is settled.
+
         :param app: The app; the current app if not given.
         :param dry_run: Only report what would be done.
         :return: What was done with each prepared transaction.
         :raise RuntimeError: ``UOW_TWO_PHASE`` is off for the app.
+        :raise RecoveryIncompleteError: A database could not be reached (a
+            subclass of ``RuntimeError``).
 
         .. versionadded:: 0.1
         """

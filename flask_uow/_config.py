@@ -35,6 +35,7 @@ KNOWN_KEYS = frozenset(
         "UOW_REPLICA_BACKOFF",
         "UOW_REPLICA_WINDOW",
         "UOW_REPLICA_COOKIE",
+        "UOW_DETACHED_WRITES",
         "UOW_OPENTELEMETRY",
         "UOW_SQL_COMMENTS",
     }
@@ -100,9 +101,9 @@ def check_config(config: cabc.Mapping[str, t.Any]) -> None:
                 f"{key!r} must be a number of seconds, not {value!r}. For"
                 f" example app.config[{key!r}] = 0.1."
             )
-        if not math.isfinite(value):
+        if not finite(value):
             raise ValueError(
-                f"{key!r} is {value!r}, which is not a number of seconds to wait."
+                f"{key!r} is {_shown(value)}, which is not a number of seconds to wait."
                 f" Use a finite number from 0 to {MAX_RETRY_DELAY}."
             )
         if value < 0:
@@ -113,6 +114,24 @@ def check_config(config: cabc.Mapping[str, t.Any]) -> None:
                 f" in seconds: use at most {MAX_RETRY_DELAY}, for example 0.05"
                 " for 50 milliseconds."
             )
+
+
+def finite(value: int | float) -> bool:
+    """Whether *value* is a finite number that a float can hold: an integer
+    too large for one (``10**400``) is not.
+    """
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: t.Any) -> str:
+    """*value* for a message: a huge integer by its size, not its digits."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        # str() of an integer past 4300 digits raises; its size is enough.
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return repr(value)
 
 
 def _unknown_key(key: str) -> str:
@@ -251,9 +270,9 @@ def check_engine_options(key: str, url: sa.URL, options: dict[str, t.Any]) -> No
                 f"{key}[{name!r}] must be a number of seconds, not"
                 f" {type(value).__name__!r}. For example {name!r}: 30."
             )
-        if not math.isfinite(value):
+        if not finite(value):
             raise ValueError(
-                f"{key}[{name!r}] is {value!r}. Use a finite number of seconds."
+                f"{key}[{name!r}] is {_shown(value)}. Use a finite number of seconds."
             )
     for where, level in isolation_levels(key, options):
         if not isinstance(level, str):

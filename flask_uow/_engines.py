@@ -16,6 +16,8 @@ from ._config import check_url
 from ._config import describe_url
 from ._config import scrub
 from ._config import secrets_of
+from ._forks import track
+from ._pooler import pop_pooler
 from ._sqlite import configure
 from ._sqlite import is_configurable
 from ._sqlite import pop_settings
@@ -88,7 +90,8 @@ def _create_engine(
     url = check_url(key, raw, url)
     sqlite = pop_settings(key, options, url)
     check_engine_options(key, url, options)
-    url = _sqlite_defaults(url, options, instance_path)
+    pop_pooler(key, options, url)
+    url, in_memory = _sqlite_defaults(url, options, instance_path)
     engine = _engine_or_problem(url, options)
     if isinstance(engine, str):
         raise ValueError(
@@ -104,6 +107,10 @@ def _create_engine(
         raise
     if is_configurable(engine):
         configure(engine, sqlite)
+    if not in_memory:
+        # An in-memory database lives in the process's memory, which a child
+        # gets a copy of; a new connection there would find it empty.
+        track(engine)
     return engine
 
 
@@ -127,25 +134,26 @@ def _engine_or_problem(url: sa.URL, options: dict[str, t.Any]) -> sa.Engine | st
 
 def _sqlite_defaults(
     url: sa.URL, options: dict[str, t.Any], instance_path: str
-) -> sa.URL:
-    """Apply the SQLite conventions of Flask extensions.
+) -> tuple[sa.URL, bool]:
+    """Apply the SQLite conventions of Flask extensions, and tell whether
+    the database is in memory.
 
     A relative database file is placed in the app's instance folder, and an
     in-memory database is shared by every thread of the process (one
     connection, ``StaticPool``) so that all requests see the same data.
     """
     if url.get_backend_name() != "sqlite":
-        return url
+        return url, False
     database = url.database
     if not database or database == ":memory:" or url.query.get("mode") == "memory":
         options.setdefault("poolclass", sa.StaticPool)
         connect_args = options.setdefault("connect_args", {})
         connect_args.setdefault("check_same_thread", False)
-        return url
+        return url, True
     if database.startswith("file:") or os.path.isabs(database):
-        return url
+        return url, False
     os.makedirs(instance_path, exist_ok=True)
-    return url.set(database=os.path.join(instance_path, database))
+    return url.set(database=os.path.join(instance_path, database)), False
 
 
 def same_engine(known: t.Any, engine: sa.Engine) -> bool:

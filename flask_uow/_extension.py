@@ -15,8 +15,10 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as orm
 from flask import Flask
 
+from . import _detached
 from . import _lifecycle
 from . import _replica_hooks
+from . import _shared_context
 from . import _streaming
 from . import _telemetry
 from . import _twophase
@@ -26,9 +28,9 @@ from ._api_transactions import TransactionMethods
 from ._config import check_config
 from ._config import session_options
 from ._config import session_options_error
+from ._current import CurrentSession
 from ._engines import bind_key_cache
 from ._engines import create_engines
-from ._engines import RoutingSession
 from ._helpers import RequestHelpers
 from ._lifecycle import default_commit_veto
 from ._models import check_flask_sqlalchemy_config
@@ -44,11 +46,9 @@ from ._replicas import create_replicas
 from ._replicas import Replicas
 from ._retry import is_transient_error
 from ._sqlite import begin_modes
-from ._state import app_context
+from ._sqlite import warn_under_gevent
 from ._state import current_app_and_state
-from ._state import request_context
 from ._state import State
-from ._state import unknown_app
 from ._twophase import check_two_phase
 from ._twophase import Coordinator
 
@@ -98,6 +98,15 @@ class UnitOfWork(
         self._states: weakref.WeakKeyDictionary[Flask, State] = (
             weakref.WeakKeyDictionary()
         )
+        #: The session of the current unit of work: the current request's, or
+        #: outside requests the current application context's, made on first
+        #: use. It is one object, a :class:`~flask_uow.CurrentSession` (a
+        #: :class:`~sqlalchemy.orm.scoped_session`), that may be taken at
+        #: import time and handed to anything that wants a session; each use
+        #: resolves to the current unit's session, and with no application
+        #: context raises ``RuntimeError``. ``uow.session()`` returns the
+        #: session itself.
+        self.session = CurrentSession(self._states)
         self._replicas: weakref.WeakKeyDictionary[Flask, Replicas] = (
             weakref.WeakKeyDictionary()
         )
@@ -142,6 +151,7 @@ class UnitOfWork(
             app.config.setdefault(key, value)
         check_config(app.config)
         query_settings = read_settings(app)
+        detached_writes = _detached.read_mode(app)
         options = session_options(app.config["UOW_SESSION_OPTIONS"])
         entries, listed = split_replicas(app.config.get("UOW_ENGINES"))
         engines = create_engines(entries, app.instance_path)
@@ -150,10 +160,11 @@ class UnitOfWork(
             replicas = create_replicas(app, engines, listed, entries)
             created += replicas.engines() if replicas else ()
             two_phase = check_two_phase(app.config["UOW_TWO_PHASE"], engines)
-            factory = _sessionmaker(engines, options)
+            factory = _sessionmaker(engines, options, self.session.session_class)
         state = State(engines, factory, app.config, self)
         # Each capability sets itself up; the order matters only where a
         # comment says so.
+        warn_under_gevent(app.logger, engines)
         modes = begin_modes(engines.values())
         if modes is not None:  # Before the lifecycle: see BeginModes.after_begin.
             state.opened.append(modes.opened)
@@ -166,6 +177,8 @@ class UnitOfWork(
         # Before the lifecycle, so that the Server-Timing hook sees the commit.
         self._insight.install(app, state, query_settings, replicas)
         _lifecycle.install(app, state)
+        _shared_context.install(state)
+        _detached.install(state, detached_writes)
         _streaming.install(app, state)
         coordinator = _twophase.install(state, two_phase)
         if coordinator is not None:
@@ -185,31 +198,6 @@ class UnitOfWork(
         return current_app_and_state(self._states, app)
 
     @property
-    def session(self) -> orm.Session:
-        """The session of the current unit of work: the current request's, or
-        outside requests the current application context's. It is created on
-        first access; no connection is checked out until it runs a statement.
-
-        :raise RuntimeError: There is no application context, or the app was not
-            set up with :meth:`init_app`.
-        """
-        # The hot path: a view may use the session many times per request.
-        ctx = app_context()
-        if ctx is not None:
-            app = ctx.app
-            state = self._states.get(app)
-            if state is not None:
-                rctx = request_context()
-                if rctx is not None and rctx.app is app:
-                    unit = rctx.request.environ.get(state.key)
-                    if unit is not None and unit.session is not None:
-                        return unit.session  # type: ignore[no-any-return]
-                return state.session(app)
-            raise unknown_app(app)
-        app, state = self._state()
-        return state.session(app)
-
-    @property
     def engines(self) -> cabc.Mapping[str, sa.Engine]:
         """The current app's engines by name, from ``UOW_ENGINES`` (read-only)."""
         return types.MappingProxyType(self._state()[1].engines)
@@ -224,11 +212,10 @@ class UnitOfWork(
         open new connections when needed.
 
         Pools are disposed when the app is garbage collected too. Call this
-        when an app is shut down explicitly. In a worker process forked after
-        the engines were used (a server that loads the app before forking),
-        call it with ``close=False`` before the worker first uses the database,
-        so that it drops the connections it inherited without closing them
-        under the parent.
+        when an app is shut down explicitly. A process forked after the
+        engines were used (``gunicorn --preload``, ``multiprocessing``) needs
+        no call: flask_uow drops the pools it inherited, without closing the
+        parent's connections, right after the fork (see :doc:`/deploying`).
 
         :param app: The app; the current app if not given.
         :param close: Close the pooled connections (the default), or only
@@ -251,14 +238,17 @@ def _disposed_on_error(engines: list[sa.Engine]) -> cabc.Iterator[None]:
 
 
 def _sessionmaker(
-    engines: dict[str, sa.Engine], options: dict[str, t.Any]
+    engines: dict[str, sa.Engine],
+    options: dict[str, t.Any],
+    class_: type[orm.Session],
 ) -> orm.sessionmaker[orm.Session]:
-    """The app's sessionmaker; unknown session options are refused now, not
-    mid-request.
+    """The app's sessionmaker, over a subclass of *class_* (the one class
+    of the UnitOfWork's sessions); unknown session options are refused now,
+    not mid-request.
     """
     try:
         factory: orm.sessionmaker[orm.Session] = orm.sessionmaker(
-            engines["default"], class_=RoutingSession, engines=engines, **options
+            engines["default"], class_=class_, engines=engines, **options
         )
         bind_key_cache(factory)
         factory().close()

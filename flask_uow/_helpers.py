@@ -13,6 +13,9 @@ from flask import abort
 
 from ._pagination import Pagination
 
+if t.TYPE_CHECKING:
+    from ._current import CurrentSession
+
 T = t.TypeVar("T")
 
 
@@ -55,9 +58,7 @@ class RequestHelpers:
     """The request helpers of :class:`~flask_uow.UnitOfWork`."""
 
     if t.TYPE_CHECKING:
-
-        @property
-        def session(self) -> orm.Session: ...
+        session: CurrentSession
 
     def get_or_404(
         self, entity: type[T], ident: t.Any, *, description: str | None = None
@@ -77,7 +78,7 @@ class RequestHelpers:
 
         .. versionadded:: 0.1
         """
-        return get_or_404(self.session, entity, ident, description)
+        return get_or_404(self.session(), entity, ident, description)
 
     def first_or_404(
         self, statement: sa.Select[t.Any], *, description: str | None = None
@@ -90,7 +91,7 @@ class RequestHelpers:
 
         .. versionadded:: 0.1
         """
-        return first_or_404(self.session, statement, description)
+        return first_or_404(self.session(), statement, description)
 
     def one_or_404(
         self, statement: sa.Select[t.Any], *, description: str | None = None
@@ -104,7 +105,7 @@ class RequestHelpers:
 
         .. versionadded:: 0.1
         """
-        return one_or_404(self.session, statement, description)
+        return one_or_404(self.session(), statement, description)
 
     def paginate(
         self,
@@ -143,7 +144,7 @@ class RequestHelpers:
         .. versionadded:: 0.1
         """
         return Pagination(
-            self.session,
+            self.session(),
             select,
             page=page,
             per_page=per_page,

@@ -9,6 +9,8 @@ import typing as t
 
 import sqlalchemy as sa
 
+from ._config import finite
+
 DEFAULTS: dict[str, t.Any] = {
     "UOW_REPLICA_MAX_LAG": 30.0,
     "UOW_REPLICA_WAIT": 0.0,
@@ -70,6 +72,12 @@ def _check_seconds(
             f"{key!r} must be a number of seconds{extra}, not {value!r}. For"
             f" example app.config[{key!r}] = {DEFAULTS[key]!r}."
         )
+    if not finite(value):
+        extra = " (or None for no limit)" if none_ok else ""
+        raise ValueError(
+            f"{key!r} is not a finite number of seconds. Use a number from 0"
+            f" up{extra}, for example {DEFAULTS[key]!r}."
+        )
     if value < 0:
         raise ValueError(f"{key!r} is negative ({value!r}). Use 0 or more.")
 
@@ -121,19 +129,55 @@ def _check_backend(label: str, primary: sa.Engine, replica: sa.Engine) -> None:
 
 
 def _read_only(engine: sa.Engine) -> None:
-    """Make every transaction on a replica engine READ ONLY, once per new
-    connection (nothing is added to each checkout).
+    """Make every transaction on a replica engine READ ONLY, and leave the
+    server's session as it found it: behind a transaction pooler the server
+    connection is shared with the primary's clients.
+
+    psycopg 3 and psycopg2 begin each transaction themselves: told once per
+    connection (a setting of the driver's connection object, not of the
+    server), each of their ``BEGIN`` statements says ``READ ONLY``. Other
+    PostgreSQL drivers get ``SET TRANSACTION READ ONLY`` at the start of each
+    transaction. SQLite has no server to share: ``PRAGMA query_only`` once.
     """
     if engine.dialect.name == "postgresql":
-        statement = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
+        if engine.dialect.driver in BEGIN_READ_ONLY_DRIVERS:
+            sa.event.listen(engine, "connect", _driver_read_only)
+        else:
+            read_only_per_transaction(engine)
     elif engine.dialect.name == "sqlite":
-        statement = "PRAGMA query_only = ON"
-    else:
-        return
+        sa.event.listen(engine, "connect", _query_only)
 
-    @sa.event.listens_for(engine, "connect")
-    def connect(dbapi_connection: t.Any, record: t.Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(statement)
-        cursor.close()
-        dbapi_connection.commit()
+
+#: PostgreSQL drivers that send ``BEGIN READ ONLY`` when their connection's
+#: ``read_only`` (psycopg) or ``readonly`` (psycopg2) attribute is set.
+BEGIN_READ_ONLY_DRIVERS = frozenset({"psycopg", "psycopg2"})
+
+
+def _driver_read_only(dbapi_connection: t.Any, record: t.Any) -> None:
+    # The attribute may only change between transactions; a new connection
+    # has none open, or only SQLAlchemy's first-connect queries.
+    dbapi_connection.rollback()
+    if hasattr(dbapi_connection, "pgconn"):  # psycopg 3
+        dbapi_connection.read_only = True
+    else:  # psycopg2
+        dbapi_connection.readonly = True
+
+
+def read_only_per_transaction(engine: sa.Engine) -> None:
+    """Begin every transaction of *engine* with ``SET TRANSACTION READ
+    ONLY``, which lasts until the transaction ends.
+    """
+
+    @sa.event.listens_for(engine, "begin")
+    def begin(conn: sa.Connection) -> None:
+        # An AUTOCOMMIT connection (the replica status query) has no
+        # transaction to set.
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
+def _query_only(dbapi_connection: t.Any, record: t.Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only = ON")
+    cursor.close()
+    dbapi_connection.commit()

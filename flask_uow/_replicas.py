@@ -85,7 +85,9 @@ class Replica:
                 if not self.down:  # pragma: no cover - a race between threads
                     return
                 self.down = False
-            app.logger.info("flask_uow: the replica %s is used again.", self.label)
+            # A WARNING like the message that it went down, so that both
+            # reach a server's default log (gunicorn's shows WARNING and up).
+            app.logger.warning("flask_uow: the replica %s is used again.", self.label)
 
 
 class Group:

@@ -20,6 +20,8 @@ the choice.
 from __future__ import annotations
 
 import collections.abc as cabc
+import logging
+import sys
 import typing as t
 import weakref
 
@@ -238,3 +240,27 @@ def begin_modes(engines: cabc.Iterable[sa.Engine]) -> BeginModes | None:
     """The :class:`BeginModes` of an app's engines; ``None`` without SQLite."""
     sqlite = [engine for engine in engines if engine in _engine_statements]
     return BeginModes(sqlite) if sqlite else None
+
+
+def warn_under_gevent(
+    logger: logging.Logger, engines: cabc.Mapping[str, sa.Engine]
+) -> None:
+    """Log a warning when gevent's monkey patching is active and an engine is
+    SQLite: the two do not mix.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_anything_patched():
+        return
+    names = [name for name, e in engines.items() if e.dialect.name == "sqlite"]
+    if names:
+        logger.warning(
+            "flask_uow: gevent's monkey patching is active, but %s %s a SQLite"
+            " database. SQLite and gevent do not mix: the sqlite3 driver waits"
+            " for a locked database inside C code that gevent cannot switch"
+            " away from, so one request waiting for the write lock stops every"
+            " other request of the worker, and they fail with 'database is"
+            " locked' or time out. Use sync or gthread workers with SQLite, or"
+            " PostgreSQL with psycopg 3 under gevent.",
+            ", ".join(f"UOW_ENGINES[{name!r}]" for name in names),
+            "is" if len(names) == 1 else "are",
+        )

@@ -43,6 +43,8 @@ PREFIX = "flask_uow"
 #: Prepared transactions of the commit in progress: (engine name, connection,
 #: transaction id).
 _PREPARED = "flask_uow.prepared"
+#: The commit in progress read the namespace (and made the decision table).
+_IDENTIFIED = "flask_uow.identified"
 #: Engines whose COMMIT was sent, in order, for the log of a failed commit.
 _ATTEMPTS = "flask_uow.commit_attempts"
 
@@ -123,6 +125,9 @@ class Coordinator:
         self.engines = engines
         self.names = {engine: name for name, engine in engines.items()}
         self._namespace: str | None = None
+        #: The decision table is known to exist (a transaction that created
+        #: it committed).
+        self._table = False
 
     def namespace(self) -> str:
         """The part of every transaction id that names this app's decision
@@ -131,32 +136,40 @@ class Coordinator:
         prepared transactions of its own namespace. Creates the decision table
         the first time.
         """
-        if self._namespace is None:
+        if self._namespace is None or not self._table:
             with self.engines["default"].begin() as conn:
-                identity = conn.execute(
-                    sa.text(
-                        "SELECT system_identifier::text || '/' || current_database()"
-                        " FROM pg_control_system()"
-                    )
-                ).scalar_one()
-                if (
-                    conn.execute(
-                        sa.text("SELECT to_regclass('flask_uow_decisions')")
-                    ).scalar()
-                    is None
-                ):
-                    # Serialize creation among workers starting together.
-                    conn.execute(
-                        sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
-                        {"name": decisions.name},
-                    )
-                    decisions.create(conn, checkfirst=True)
-            digest = hashlib.sha1(identity.encode()).hexdigest()[:12]
-            self._namespace = digest
+                self._namespace = self._identify(conn)
+            self._table = True
         return self._namespace
 
+    def _identify(self, conn: sa.Connection) -> str:
+        """The namespace, read on *conn*; the decision table is created in
+        its transaction if it does not exist yet.
+        """
+        identity = conn.execute(
+            sa.text(
+                "SELECT system_identifier::text || '/' || current_database()"
+                " FROM pg_control_system()"
+            )
+        ).scalar_one()
+        if (
+            conn.execute(sa.text("SELECT to_regclass('flask_uow_decisions')")).scalar()
+            is None
+        ):
+            # Serialize creation among workers starting together; IF NOT
+            # EXISTS looks at the catalog as committed now, whatever the
+            # transaction's isolation level, so the second one waits, then
+            # creates nothing.
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                {"name": decisions.name},
+            )
+            conn.execute(sa.schema.CreateTable(decisions, if_not_exists=True))
+        return hashlib.sha1(identity.encode()).hexdigest()[:12]
+
     def gid(self, decision: str, engine: str) -> str:
-        return f"{PREFIX}:{self.namespace()}:{decision}:{engine}"
+        namespace = self._namespace if self._namespace is not None else self.namespace()
+        return f"{PREFIX}:{namespace}:{decision}:{engine}"
 
     def decide(self, decision: str, *, dry_run: bool = False) -> bool | None:
         """The outcome recorded for *decision*: True to commit, False to roll
@@ -164,6 +177,8 @@ class Coordinator:
         inserting that outcome; if the unit of work that owns it is still
         committing, the insert waits for it (up to five seconds, then None).
         """
+        if not self._table:  # The commit that would have made it failed.
+            self.namespace()
         with self.engines["default"].begin() as conn:
             if not dry_run:
                 conn.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
@@ -211,7 +226,12 @@ class Coordinator:
         coordinator = session.connection(
             bind_arguments={"bind": self.engines["default"]}
         )
-        self.namespace()  # The decision table exists from here on.
+        if not self._table:
+            # On the unit's own connection: a second one to "default" while
+            # the unit holds this one waits forever on a pool (or a pooler's
+            # pool) that the units starting together have exhausted.
+            self._namespace = self._identify(coordinator)
+            session.info[_IDENTIFIED] = True
         decision = uuid.uuid4().hex
         coordinator.execute(decisions.insert().values(id=decision, committed=True))
         prepared: list[tuple[str, sa.Connection, str]] = []
@@ -240,6 +260,8 @@ class Coordinator:
 
     def after_commit(self, session: orm.Session) -> None:
         """Phase two: the decision is committed; commit what was prepared."""
+        if session.info.pop(_IDENTIFIED, False):
+            self._table = True  # Created, if it was, by this commit.
         prepared = session.info.pop(_PREPARED, None)
         if not prepared:
             return
@@ -263,6 +285,7 @@ class Coordinator:
         """Settle by the decision record what a failed commit left prepared."""
         if transaction.parent is not None:
             return
+        session.info.pop(_IDENTIFIED, None)  # Rolled back: the table may not be.
         prepared = session.info.pop(_PREPARED, None)
         if not prepared:
             return

@@ -97,7 +97,7 @@ def served_by(session: orm.Session) -> str:
 
 def add_views(app: Flask, uow: UnitOfWork) -> None:
     def listing() -> dict[str, t.Any]:
-        session = uow.session
+        session = uow.session()
         found = session.scalars(sa.select(Item.name).order_by(Item.name))
         return {"names": list(found), "server": served_by(session)}
 
@@ -134,7 +134,7 @@ def add_views(app: Flask, uow: UnitOfWork) -> None:
 
     @app.get("/block")
     def block() -> dict[str, t.Any]:
-        before = served_by(uow.session)
+        before = served_by(uow.session())
         with uow.transaction() as session:
             session.add(Item(name="in block"))
         return {**listing(), "before": before}

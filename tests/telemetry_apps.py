@@ -85,7 +85,7 @@ def add_views(app: Flask, uow: UnitOfWork, backend: str) -> None:
     def aborted() -> str:
         uow.session.add(Item(name="lost"))
         uow.session.flush()
-        fail_caught(uow.session, backend)
+        fail_caught(uow.session(), backend)
         return "ok"
 
     @app.post("/commit-fails")

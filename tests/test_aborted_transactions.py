@@ -234,9 +234,9 @@ def test_caught_error_that_aborts_the_transaction_never_commits(
     @small_app.post("/")
     def view() -> str:
         if where in ("view", "before_commit"):
-            work(uow.session)
+            work(uow.session())
             if where == "view":
-                fail_caught(uow.session, backend)
+                fail_caught(uow.session(), backend)
         elif where == "block":
             with uow.transaction() as session:
                 work(session)
@@ -272,7 +272,7 @@ def test_explicit_commit_of_an_aborted_transaction_raises(
     with small_app.app_context():
         uow.session.add(Item(name="lost"))
         uow.session.flush()
-        fail_caught(uow.session, backend)
+        fail_caught(uow.session(), backend)
         with pytest.raises(TransactionAbortedError, match="nothing was committed"):
             uow.session.commit()
         uow.session.rollback()
@@ -336,7 +336,7 @@ def test_lost_connection_hidden_by_a_caught_error_is_retried(
                         terminate(db, session)
                         session.execute(sa.select(1))
                 else:
-                    terminate(db, uow.session)
+                    terminate(db, uow.session())
                     uow.session.execute(sa.select(1))
             except sa_exc.DBAPIError:
                 pass  # The docs' pattern: a failed nested block is caught.
@@ -381,7 +381,7 @@ def test_the_guard_reads_psycopg2_too(make_app: AppFactory, db: Database) -> Non
     @app.post("/")
     def view() -> str:
         uow.session.add(Item(name="lost"))
-        fail_caught(uow.session, "postgresql")
+        fail_caught(uow.session(), "postgresql")
         return "saved"
 
     assert app.test_client().post("/").status_code == 500

@@ -55,15 +55,15 @@ class TestWithPytestFlask:
         """A block's session is not the test body's, and what it did not
         commit is rolled back when the block ends.
         """
-        body = uow.session
+        body = uow.session()
         with app.app_context():
-            first = uow.session
+            first = uow.session()
             first.add(Item(name="kept"))
             first.commit()
             first.add(Item(name="dropped"))
             first.flush()
         with app.app_context():
-            second = uow.session
+            second = uow.session()
             names = list(second.scalars(sa.select(Item.name)))
         assert len({id(body), id(first), id(second)}) == 3
         assert names == ["kept"]
@@ -101,14 +101,14 @@ def test_app_context_in_a_test_request_context_has_its_own_unit(
     lasts until the request context is popped.
     """
     with flask_app.test_request_context():
-        outer = uow.session
+        outer = uow.session()
         outer.add(Item(name="outer"))
         with flask_app.app_context():
-            inner = uow.session
+            inner = uow.session()
             inner.add(Item(name="inner"))
             inner.commit()
         assert inner is not outer
-        assert uow.session is outer
+        assert uow.session() is outer
         outer.commit()
     assert db.names() == ["inner", "outer"]
 
@@ -121,11 +121,11 @@ def test_request_context_in_an_app_context_uses_the_app_context_unit(
     open.
     """
     with flask_app.app_context():
-        outer = uow.session
+        outer = uow.session()
         outer.add(Item(name="a"))
         with flask_app.test_request_context():
-            assert uow.session is outer
-        assert uow.session is outer
+            assert uow.session() is outer
+        assert uow.session() is outer
         outer.commit()
     assert db.names() == ["a"]
 

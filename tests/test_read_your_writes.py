@@ -337,7 +337,7 @@ def test_a_commit_in_a_streamed_body_sets_no_cookie(
 
     @app.post("/stream")
     def stream() -> Response:
-        session = uow.session
+        session = uow.session()
 
         def body() -> cabc.Iterator[str]:
             session.add(Item(name="streamed"))
@@ -507,7 +507,7 @@ def test_a_two_phase_commit_gives_a_position_for_each_engine(
 
     @app.get("/both")
     def read_both() -> dict[str, t.Any]:
-        session = uow.session
+        session = uow.session()
         query = sa.select(notes.c.text, sa.func.pg_is_in_recovery())
         texts = session.execute(query).all()
         return {

@@ -106,7 +106,7 @@ def test_primary_works_above_the_route_decorator(
     @uow.primary
     @replicated_app.get("/above")
     def above() -> str:
-        return served_by(uow.session)
+        return served_by(uow.session())
 
     assert replicated_app.test_client().get("/above").get_data(as_text=True) == (
         "primary"
@@ -149,10 +149,10 @@ def test_code_outside_requests_uses_the_primary(
 ) -> None:
     """Outside requests (CLI commands, jobs) the unit uses the primary."""
     with replicated_app.app_context():
-        assert served_by(uow.session) == "primary"
+        assert served_by(uow.session()) == "primary"
         with uow.transaction() as session:
             session.add(Item(name="job"))
-        assert served_by(uow.session) == "primary"
+        assert served_by(uow.session()) == "primary"
     assert names(pair.primary) == ["job"]
 
 

@@ -334,7 +334,7 @@ def test_disconnect_before_commit_is_retried(
         attempts.append(1)
         uow.session.add(Item(name=f"attempt{len(attempts)}"))
         if len(attempts) == 1:
-            terminate(db, backend_pid(uow.session))
+            terminate(db, backend_pid(uow.session()))
         uow.session.execute(sa.select(1))  # Fails on the first run: no server.
         return "ok"
 
@@ -363,7 +363,7 @@ def test_disconnect_during_commit_is_never_retried(
     def view() -> str:
         attempts.append(1)
         uow.session.add(Item(name="maybe"))
-        pid = backend_pid(uow.session)
+        pid = backend_pid(uow.session())
         sa.event.listen(
             uow.session, "before_commit", lambda s: terminate(db, pid), once=True
         )

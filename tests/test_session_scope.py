@@ -76,13 +76,13 @@ def test_each_request_gets_its_own_session_inside_one_app_context(
 
     @add_view
     def add_item(name: str) -> str:
-        sessions.append(uow.session)
+        sessions.append(uow.session())
         uow.session.add(Item(name=name))
         return "ok"
 
     @flask_app.get("/identity-map")
     def identity_map() -> str:
-        sessions.append(uow.session)
+        sessions.append(uow.session())
         return str(len(uow.session.identity_map))
 
     with flask_app.app_context():
@@ -90,7 +90,7 @@ def test_each_request_gets_its_own_session_inside_one_app_context(
         client.post("/items/a")
         client.post("/items/b")
         assert client.get("/identity-map").data == b"0"
-        sessions.append(uow.session)
+        sessions.append(uow.session())
         assert uow.session.scalars(sa.select(Item.name)).all() == ["a", "b"]
     assert len({id(s) for s in sessions}) == 4
     assert db.names() == ["a", "b"]
@@ -106,7 +106,7 @@ def test_concurrent_requests_on_eight_threads(
     @flask_app.post("/items/<name>")
     def add_item(name: str) -> str:
         uow.session.add(Item(name=name))
-        sessions.append(uow.session)
+        sessions.append(uow.session())
         barrier.wait()  # All eight sessions exist at the same time.
         return "ok"
 
@@ -133,7 +133,7 @@ def test_async_views(flask_app: Flask, uow: UnitOfWork, db: Database) -> None:
     async def add_item(name: str) -> str:
         uow.session.add(Item(name=name))
         await asyncio.sleep(0)
-        sessions.append(uow.session)
+        sessions.append(uow.session())
         return "ok"
 
     @flask_app.post("/fail")
@@ -164,7 +164,7 @@ def test_stream_with_context_reads_until_the_stream_closes(
 
     @flask_app.get("/export")
     def export() -> Response:
-        sessions.append(uow.session)
+        sessions.append(uow.session())
         uow.session.add(Item(name="written-by-view"))
         uow.session.add_all([Item(name=f"n{i}") for i in range(3)])
         uow.session.flush()
@@ -172,7 +172,7 @@ def test_stream_with_context_reads_until_the_stream_closes(
         items = uow.session.scalars(sa.select(Item).order_by(Item.name))
 
         def generate() -> cabc.Iterator[str]:
-            sessions.append(uow.session)
+            sessions.append(uow.session())
             yield f"committed={db.names()}\n"
             yield f"first={first.name if first else None}\n"
             for item in items:
@@ -295,12 +295,12 @@ def test_nested_app_context_in_a_request_shares_the_request_session(
 
     @flask_app.post("/nested")
     def nested() -> str:
-        outer = uow.session
+        outer = uow.session()
         outer.add(Item(name="outer"))
         with current_app.app_context():
-            same = uow.session is outer
+            same = uow.session() is outer
             uow.session.add(Item(name="inner"))
-        return str(same and uow.session is outer)
+        return str(same and uow.session() is outer)
 
     assert flask_app.test_client().post("/nested").data == b"True"
     assert db.names() == ["inner", "outer"]

@@ -283,7 +283,7 @@ def test_after_begin_and_after_rollback(
     app = make_app(UOW_ENGINES={"default": db.url, "other": other.url})
     with receiving(app, after_begin, after_rollback) as [begun, rolled]:
         with app.app_context():
-            session = uow.session
+            session = uow.session()
             session.rollback()  # Nothing began: no signal.
             session.add(Item(name="never flushed"))
             session.rollback()  # A transaction, but no database one: no signal.
@@ -329,7 +329,7 @@ def test_before_retry_payload(flask_app: Flask, uow: UnitOfWork) -> None:
     with receiving(flask_app, before_retry) as [received]:
         with flask_app.app_context():
             work()
-            session = uow.session
+            session = uow.session()
     assert [(c["attempt"], c["exception"].args) for c in received.calls] == [
         (1, (1,)),
         (2, (2,)),

@@ -94,7 +94,7 @@ def all_listeners(uow: UnitOfWork, app: Flask) -> list[t.Any]:
     """
     found: list[t.Any] = []
     with app.test_request_context():
-        targets: list[t.Any] = [uow.session]
+        targets: list[t.Any] = [uow.session()]
         for engine in uow.engines.values():
             targets += [engine, engine.pool]
         for target in targets:
