@@ -25,8 +25,8 @@ from opentelemetry.trace import Status
 from opentelemetry.trace import StatusCode
 
 from ._aborted import TransactionAbortedError
+from ._retry import sqlstate
 from ._twophase import prepared
-from ._twophase import sqlstate
 from ._unit import Unit
 from ._unit import UnitTrace
 
