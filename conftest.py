@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.task_workers",
     "tests.pgbouncer",
     "tests.deploying",
+    "tests.otel",
 ]

@@ -34,6 +34,7 @@ from . import outbox
 from . import recording
 from . import replicas
 from . import requests
+from . import telemetry
 from . import twophase
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
@@ -304,6 +305,14 @@ def main(argv: list[str] | None = None) -> int:
                     *table(["request", *recording.VARIANTS], rows),
                     "",
                 ]
+
+            for backend, url in urls.items():
+                print(f"Telemetry on {backend}...", file=sys.stderr)
+                section, failed = telemetry.run_report(
+                    backend, url, rounds, per_round, table
+                )
+                lines += section
+                failures += failed
 
             for variant, what in [
                 ("uow-transactional", "transactional views, an after_commit receiver"),

@@ -43,6 +43,8 @@ KNOWN_KEYS = frozenset(
         "UOW_OUTBOX_DEAD_AFTER",
         "UOW_OUTBOX_KEEP",
         "UOW_DETACHED_WRITES",
+        "UOW_OPENTELEMETRY",
+        "UOW_SQL_COMMENTS",
     }
 )
 

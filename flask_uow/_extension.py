@@ -22,6 +22,7 @@ from . import _relay
 from . import _replica_hooks
 from . import _shared_context
 from . import _streaming
+from . import _telemetry
 from . import _twophase
 from ._api_outbox import OutboxMethods
 from ._api_queries import QueryMethods
@@ -193,6 +194,8 @@ class UnitOfWork(
         coordinator = _twophase.install(state, two_phase)
         if coordinator is not None:
             self._coordinators[app] = coordinator
+        # After two-phase commit: the commit span starts after its PREPAREs.
+        _telemetry.install(app, state, replicas)
         install_cli(app)
         box = _outbox.install(app, state, self._models.include)
         if box is not None:
