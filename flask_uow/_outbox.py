@@ -46,12 +46,14 @@ DEFAULTS: dict[str, t.Any] = {
     "UOW_OUTBOX_RETRY_MAX_DELAY": 600,
     "UOW_OUTBOX_DEAD_AFTER": 25,
     "UOW_OUTBOX_KEEP": 7 * 24 * 3600,
+    "UOW_OUTBOX_REDELIVER_AFTER": 0,
 }
 _SECONDS = (
     "UOW_OUTBOX_GRACE",
     "UOW_OUTBOX_RETRY_DELAY",
     "UOW_OUTBOX_RETRY_MAX_DELAY",
     "UOW_OUTBOX_KEEP",
+    "UOW_OUTBOX_REDELIVER_AFTER",
 )
 #: How long the fast path leaves publishing to the relay after a publish
 #: failed, so that a broker outage does not slow every request down.
@@ -127,6 +129,12 @@ class Outbox:
         self.retry_max_delay: float = setting("UOW_OUTBOX_RETRY_MAX_DELAY")
         self.dead_after: int = setting("UOW_OUTBOX_DEAD_AFTER")
         self.keep = datetime.timedelta(seconds=setting("UOW_OUTBOX_KEEP"))
+        #: Publish a sent row again when no ``@uow.once`` run recorded its
+        #: key this long after it was sent; ``None``: never.
+        redeliver = setting("UOW_OUTBOX_REDELIVER_AFTER")
+        self.redeliver_after = (
+            datetime.timedelta(seconds=redeliver) if redeliver else None
+        )
         #: The tables exist, committed: no need to look again.
         self.tables_ready = False
         #: Until when (``time.monotonic``) the fast path leaves rows to the

@@ -75,11 +75,7 @@ class Relay:
                     outbox.c.payload,
                     outbox.c.attempts,
                 )
-                .where(
-                    outbox.c.sent_at.is_(None),
-                    outbox.c.dead_at.is_(None),
-                    outbox.c.due_at <= now,
-                )
+                .where(self.due(now), outbox.c.dead_at.is_(None))
                 .order_by(outbox.c.id)
                 .limit(BATCH)
             )
@@ -97,12 +93,38 @@ class Relay:
                     break
                 sent.append(row.id)
             if sent:
+                values: dict[str, t.Any] = {"sent_at": now}
+                if box.redeliver_after is not None:
+                    # A publish again counts, so a task that never records
+                    # its key ends as a dead row.
+                    values["attempts"] = outbox.c.attempts + sa.case(
+                        (outbox.c.sent_at.is_not(None), 1), else_=0
+                    )
                 conn.execute(
-                    sa.update(outbox).where(outbox.c.id.in_(sent)).values(sent_at=now)
+                    sa.update(outbox).where(outbox.c.id.in_(sent)).values(**values)
                 )
         self.published += len(sent)
         self.failed += failed
         return len(sent), failed
+
+    def due(self, now: datetime.datetime) -> sa.ColumnElement[bool]:
+        """Which rows a pass publishes: unsent rows that are due, and with
+        ``UOW_OUTBOX_REDELIVER_AFTER``, rows sent that long ago whose key no
+        ``@uow.once`` run recorded (the broker lost the task).
+        """
+        unsent = sa.and_(outbox.c.sent_at.is_(None), outbox.c.due_at <= now)
+        after = self.box.redeliver_after
+        if after is None:
+            return unsent
+        processed_key = sa.select(processed.c.key).where(
+            processed.c.key == outbox.c.key
+        )
+        lost = sa.and_(
+            outbox.c.sent_at < now - after,
+            outbox.c.attempts < self.box.dead_after,
+            ~sa.exists(processed_key),
+        )
+        return sa.or_(unsent, lost)
 
     def record_failure(
         self, conn: sa.Connection, row: t.Any, error: Exception, now: datetime.datetime

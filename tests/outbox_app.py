@@ -77,6 +77,7 @@ def create_app(**config: t.Any) -> Flask:
         UOW_OUTBOX_BROKER=broker,
         UOW_OUTBOX_GRACE=float(os.environ.get("UOW_TEST_GRACE", "1")),
         UOW_OUTBOX_RETRY_DELAY=0.2,
+        UOW_OUTBOX_REDELIVER_AFTER=float(os.environ.get("UOW_TEST_REDELIVER", "0")),
     )
     app.config.update(config)
     uow.init_app(app)

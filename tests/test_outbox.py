@@ -14,6 +14,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 import typing as t
 
 import pytest
@@ -240,6 +241,42 @@ def run_relay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
         text=True,
         timeout=30,
     )
+
+
+@PAIRS
+def test_task_lost_by_the_broker_is_published_again(
+    broker_kind: str,
+    db_url: str,
+    redis_server: RedisServer,
+    task_workers: Workers,
+    effects: Effects,
+) -> None:
+    """The fast path publishes a task and marks it sent, then the broker
+    loses it (FLUSHALL, as a Redis without persistence restarting would):
+    with ``UOW_OUTBOX_REDELIVER_AFTER``, the relay publishes it again since
+    no ``@uow.once`` run recorded its key, and it runs once; a second pass,
+    once it ran, publishes nothing.
+    """
+    env = worker_env(
+        db_url, redis_server.url, UOW_TEST_BROKER=broker_kind, UOW_TEST_GRACE="0"
+    )
+    env["UOW_TEST_REDELIVER"] = "0.5"
+    load = subprocess.run(
+        [sys.executable, "-m", "tests.outbox_app", "load", "lost"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert load.returncode == 0, load.stderr.decode()
+    assert outbox_rows(effects, "sent_at IS NULL") == 0
+    redis.Redis.from_url(redis_server.url).flushall()
+    time.sleep(0.6)
+    assert "Published 1 tasks" in run_relay(env, "--once").stdout
+    start_outbox_worker(broker_kind, db_url, redis_server, task_workers)
+    assert effects.wait_for(["lost"], settle=1.0) == {"lost": 1}
+    time.sleep(0.6)
+    assert "Published 0 tasks" in run_relay(env, "--once").stdout
 
 
 @PAIRS

@@ -87,7 +87,15 @@ def test_chaos(
     """
     rng = random.Random(22)
     server = make_redis(persistent=True)
-    env = worker_env(db_url, server.url, UOW_TEST_BROKER="celery", UOW_TEST_GRACE="0.3")
+    env = worker_env(
+        db_url,
+        server.url,
+        UOW_TEST_BROKER="celery",
+        UOW_TEST_GRACE="0.3",
+        # A task the broker loses after taking it (a Celery worker or Redis
+        # killed between its pop and its bookkeeping) is published again.
+        UOW_TEST_REDELIVER="4",
+    )
     worker = start_outbox_worker(
         "celery", db_url, server, task_workers, pool="prefork", concurrency=2
     )
