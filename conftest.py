@@ -9,6 +9,9 @@ pytest_plugins = [
     "flask_uow.pytest_plugin",
     "pytester",
     "tests.pgtwophase",
+    "tests.redis_server",
+    "tests.task_workers",
     "tests.pgbouncer",
     "tests.deploying",
+    "tests.otel",
 ]

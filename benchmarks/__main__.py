@@ -30,9 +30,11 @@ from . import expiry
 from . import guard
 from . import load
 from . import memory
+from . import outbox
 from . import recording
 from . import replicas
 from . import requests
+from . import telemetry
 from . import twophase
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
@@ -137,6 +139,49 @@ def sqlite_load(folder: pathlib.Path, quick: bool, failures: list[str]) -> list[
     ]
 
 
+def outbox_section(
+    urls: dict[str, str],
+    folder: pathlib.Path,
+    rounds: int,
+    per_round: int,
+    failures: list[str],
+) -> list[str]:
+    """A request enqueueing one Celery task through the outbox, against the
+    same request sending it with on_commit, on a Redis of its own.
+    """
+    if outbox.redis_binary() is None:
+        return [
+            "**Background tasks**: not measured, ``redis-server`` is not installed.",
+            "",
+        ]
+    rows = []
+    for backend, url in urls.items():
+        result = outbox.run(backend, url, folder, rounds, per_round)
+        if result.unsent:
+            failures.append(f"outbox on {backend}: {result.unsent} rows left unsent")
+        rows.append(
+            [
+                backend,
+                f"{result.median_us['on_commit']:.1f}",
+                f"{result.median_us['outbox']:.1f}",
+                f"{result.ratio:.2f}",
+                f"{result.unsent} of {result.rows}",
+            ]
+        )
+    return [
+        "**Background tasks**: a request that inserts one row and sends one"
+        " Celery task to Redis (a server of its own on loopback), median"
+        f" microseconds over {rounds} rounds of {per_round} requests: with"
+        " ``uow.on_commit(lambda: task.delay(...))``, and with ``uow.enqueue``"
+        " (one more INSERT in the unit's transaction, the publish, then one"
+        " UPDATE in a transaction of its own). Rows left unsent by the fast"
+        " path: should be 0.",
+        "",
+        *table(["backend", "on_commit", "outbox", "ratio", "unsent"], rows),
+        "",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
@@ -182,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                 + ".",
                 "",
             ]
+
+            print("Outbox...", file=sys.stderr)
+            lines += outbox_section(urls, folder, rounds, per_round, failures)
 
             print("Two-phase commit...", file=sys.stderr)
             tp = twophase.run(folder / "pg2pc", rounds, per_round)
@@ -257,6 +305,14 @@ def main(argv: list[str] | None = None) -> int:
                     *table(["request", *recording.VARIANTS], rows),
                     "",
                 ]
+
+            for backend, url in urls.items():
+                print(f"Telemetry on {backend}...", file=sys.stderr)
+                section, failed = telemetry.run_report(
+                    backend, url, rounds, per_round, table
+                )
+                lines += section
+                failures += failed
 
             for variant, what in [
                 ("uow-transactional", "transactional views, an after_commit receiver"),

@@ -2,7 +2,11 @@
 
 Run it with ``flask --app example_app run``. It uses SQLite in the instance
 folder unless ``LEDGER_DATABASE_URL`` names another database, for example
-``postgresql+psycopg://user@localhost/ledger``.
+``postgresql+psycopg://user@localhost/ledger``. ``LEDGER_TELEMETRY=console``
+(or ``tree``) turns on flask_uow's OpenTelemetry spans, metrics and SQL
+comments, printed to the console (see ``example_app/telemetry.py``). With
+``LEDGER_TASKS_BROKER`` (a Redis URL) notifications are Celery tasks sent
+through the outbox (see ``example_app/tasks.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,22 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     }
     if config:
         app.config.update(config)
+    broker = app.config.get(
+        "LEDGER_TASKS_BROKER", os.environ.get("LEDGER_TASKS_BROKER")
+    )
+    if broker:
+        from . import tasks
+
+        tasks.configure(app, broker)
+    mode = app.config.get("LEDGER_TELEMETRY", os.environ.get("LEDGER_TELEMETRY"))
+    if mode:
+        from . import telemetry
+
+        telemetry.setup(app, mode)
     uow.init_app(app)
+    if mode:
+        with app.app_context():
+            telemetry.instrument_engines(uow.engines.values())
 
     from . import audit
     from . import views

@@ -39,3 +39,14 @@ entries = sa.Table(
         default=lambda: datetime.datetime.now(datetime.timezone.utc),
     ),
 )
+
+
+#: One row per notification a background task delivered (with
+#: ``LEDGER_TASKS_BROKER`` set): written in the task's own unit of work under
+#: ``@uow.once``, so a redelivered task adds nothing.
+sent_notifications = sa.Table(
+    "sent_notifications",
+    Base.metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("message", sa.String(200), nullable=False),
+)

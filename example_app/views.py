@@ -10,6 +10,7 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from flask import abort
 from flask import Blueprint
+from flask import current_app
 from flask import render_template
 from flask import request
 from werkzeug.exceptions import HTTPException
@@ -160,5 +161,11 @@ def transfer() -> tuple[dict[str, t.Any], int]:
         ],
     )
     message = f"{source.name} sent {amount} cents to {target.name}."
-    uow.on_commit(functools.partial(notify.send, message))
+    if current_app.config.get("UOW_OUTBOX"):
+        from .tasks import send_notification
+
+        # Written in this transaction: sent if and only if the transfer commits.
+        uow.enqueue(send_notification, message)
+    else:
+        uow.on_commit(functools.partial(notify.send, message))
     return {"from": source.to_json(), "to": target.to_json()}, 201

@@ -1,5 +1,7 @@
 from . import signals as signals
 from ._aborted import TransactionAbortedError as TransactionAbortedError
+from ._brokers import CeleryBroker as CeleryBroker
+from ._brokers import RQBroker as RQBroker
 from ._changes import Change as Change
 from ._config import UnknownConfigKeyWarning as UnknownConfigKeyWarning
 from ._current import CurrentSession as CurrentSession
@@ -18,9 +20,12 @@ from .signals import after_commit as after_commit
 from .signals import after_rollback as after_rollback
 from .signals import before_commit as before_commit
 from .signals import before_retry as before_retry
+from .testing import CapturedTask as CapturedTask
 from .testing import Isolation as Isolation
 
 __all__ = [
+    "CapturedTask",
+    "CeleryBroker",
     "Change",
     "CurrentSession",
     "DetachedWriteWarning",
@@ -28,6 +33,7 @@ __all__ = [
     "Pagination",
     "NPlusOneWarning",
     "QueryRecord",
+    "RQBroker",
     "RecoveryIncompleteError",
     "Resolution",
     "TransactionAbortedError",

@@ -35,7 +35,17 @@ KNOWN_KEYS = frozenset(
         "UOW_REPLICA_BACKOFF",
         "UOW_REPLICA_WINDOW",
         "UOW_REPLICA_COOKIE",
+        "UOW_OUTBOX",
+        "UOW_OUTBOX_BROKER",
+        "UOW_OUTBOX_GRACE",
+        "UOW_OUTBOX_RETRY_DELAY",
+        "UOW_OUTBOX_RETRY_MAX_DELAY",
+        "UOW_OUTBOX_DEAD_AFTER",
+        "UOW_OUTBOX_KEEP",
+        "UOW_OUTBOX_REDELIVER_AFTER",
         "UOW_DETACHED_WRITES",
+        "UOW_OPENTELEMETRY",
+        "UOW_SQL_COMMENTS",
     }
 )
 

@@ -17,10 +17,14 @@ from flask import Flask
 
 from . import _detached
 from . import _lifecycle
+from . import _outbox
+from . import _relay
 from . import _replica_hooks
 from . import _shared_context
 from . import _streaming
+from . import _telemetry
 from . import _twophase
+from ._api_outbox import OutboxMethods
 from ._api_queries import QueryMethods
 from ._api_servers import ServerMethods
 from ._api_transactions import TransactionMethods
@@ -65,7 +69,12 @@ def _dispose(engines: cabc.Iterable[sa.Engine]) -> None:
 
 
 class UnitOfWork(
-    TransactionMethods, QueryMethods, ServerMethods, RequestHelpers, ModelMethods
+    TransactionMethods,
+    QueryMethods,
+    ServerMethods,
+    OutboxMethods,
+    RequestHelpers,
+    ModelMethods,
 ):
     """Make each request of a Flask app one unit of work over a SQLAlchemy
     session.
@@ -110,6 +119,9 @@ class UnitOfWork(
             weakref.WeakKeyDictionary()
         )
         self._coordinators: weakref.WeakKeyDictionary[Flask, Coordinator] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._outboxes: weakref.WeakKeyDictionary[Flask, _outbox.Outbox] = (
             weakref.WeakKeyDictionary()
         )
         self._commit_veto = default_commit_veto
@@ -182,7 +194,13 @@ class UnitOfWork(
         coordinator = _twophase.install(state, two_phase)
         if coordinator is not None:
             self._coordinators[app] = coordinator
+        # After two-phase commit: the commit span starts after its PREPAREs.
+        _telemetry.install(app, state, replicas)
         install_cli(app)
+        box = _outbox.install(app, state, self._models.include)
+        if box is not None:
+            self._outboxes[app] = box
+            _relay.install_cli(app, box)
         self._states[app] = state
         app.extensions["uow"] = self
         app.shell_context_processor(self._shell_context)

@@ -74,6 +74,17 @@ class Models:
             )
         return metadata
 
+    def include(self, tables: sa.MetaData) -> None:
+        """Add copies of flask_uow's own *tables* (the outbox's) to the
+        default engine's metadata, unless a table of that name is there.
+        """
+        target = self.metadatas.get(None)
+        if target is None:
+            target = self.metadatas[None] = sa.MetaData()
+        for table in tables.tables.values():
+            if table.name not in target.tables:
+                table.to_metadata(target)
+
     def bind_names(self) -> list[str]:
         """The bind keys other than the default engine's."""
         return sorted(key for key in self.metadatas if key is not None)

@@ -5,6 +5,7 @@ N+1 warning, and the ``UOW_*`` settings that turn it on.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import types
 import typing as t
@@ -18,9 +19,26 @@ from flask import request
 
 _MODES = ("warn", "raise", "off")
 
+#: Transaction control: neither recorded, counted nor commented.
+CONTROL = re.compile(
+    r"\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|END"
+    r"|(START|SET|PREPARE)\s+TRANSACTION)\b",
+    re.IGNORECASE,
+)
+
 #: Top-level modules whose frames are not a statement's call site.
 _LIBRARIES = frozenset(
-    {"flask_uow", "sqlalchemy", "flask", "werkzeug", "blinker", "asgiref", "jinja2"}
+    {
+        "flask_uow",
+        "sqlalchemy",
+        "flask",
+        "werkzeug",
+        "blinker",
+        "asgiref",
+        "jinja2",
+        "opentelemetry",
+        "wrapt",
+    }
 )
 #: Whether the code of each file is library code, by file name.
 _skipped_files: dict[str, bool] = {}

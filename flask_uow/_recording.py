@@ -22,6 +22,7 @@ from flask import Response
 from sqlalchemy.engine.interfaces import ExecuteStyle
 
 from ._query_info import call_site
+from ._query_info import CONTROL
 from ._query_info import describe
 from ._query_info import lazy_relationship
 from ._query_info import NPlusOneWarning
@@ -33,13 +34,6 @@ from ._state import State
 
 if t.TYPE_CHECKING:
     from ._replicas import Replicas
-
-#: Transaction control: neither recorded nor counted.
-_CONTROL = re.compile(
-    r"\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|END"
-    r"|(START|SET|PREPARE)\s+TRANSACTION)\b",
-    re.IGNORECASE,
-)
 
 
 class Insight:
@@ -182,7 +176,7 @@ class Recorder:
             context: t.Any,
             executemany: bool,
         ) -> None:
-            if _CONTROL.match(statement):
+            if CONTROL.match(statement):
                 return
             queries = self.unit_queries() if self.per_unit else None
             context._uow_queries = queries

@@ -123,6 +123,9 @@ class Replicas:
         self.backoff: float = config["UOW_REPLICA_BACKOFF"]
         self.window: float = config["UOW_REPLICA_WINDOW"]
         self.cookie = Cookie(config["UOW_REPLICA_COOKIE"])
+        #: ``hook(reason)`` when a safe unit reads from a primary after all:
+        #: ``"position"``, ``"lag"`` or ``"unreachable"`` (telemetry).
+        self.fell_back: list[cabc.Callable[[str], None]] = []
         #: By primary engine.
         self.groups = {
             engines[name]: Group(
@@ -182,8 +185,11 @@ class Replicas:
         """The engine a safe unit reads *group*'s data from."""
         lsn, windowed = route.token.needs(group.name)
         if windowed:
+            for hook in self.fell_back:
+                hook("position")
             return group.primary
         behind: Replica | None = None
+        missing = lagging = False
         for replica in group.in_turn():
             if not group.wal:
                 return replica.engine
@@ -192,6 +198,10 @@ class Replicas:
                 continue
             replayed, lag = status
             if self.max_lag is not None and (lag is None or lag > self.max_lag):
+                # A lagging replica that also misses the client's own write
+                # is told as missing it (telemetry's reason).
+                missing = missing or (lsn is not None and replayed < lsn)
+                lagging = True
                 continue
             if lsn is not None and replayed < lsn:
                 behind = behind or replica
@@ -199,7 +209,15 @@ class Replicas:
             route.token.drop(group.name)
             return replica.engine
         if behind is not None and lsn is not None and self.wait > 0:
-            return self._wait_for(route, group, behind, lsn)
+            chosen = self._wait_for(route, group, behind, lsn)
+            if chosen is group.primary:
+                for hook in self.fell_back:
+                    hook("position")
+            return chosen
+        for hook in self.fell_back:
+            hook(
+                "position" if behind or missing else "lag" if lagging else "unreachable"
+            )
         return group.primary
 
     def _status(self, app: Flask, replica: Replica) -> tuple[int, float | None] | None:

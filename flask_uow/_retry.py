@@ -17,11 +17,13 @@ _SQLITE_TRANSIENT = {5, 6}
 _PG_SERVER_GONE = {"57P01", "57P02", "57P03"}
 
 
-def _sqlstate(exc: sa_exc.DBAPIError) -> str | None:
-    """The SQLSTATE of a PostgreSQL error, from psycopg 3 or psycopg2."""
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return sqlstate if isinstance(sqlstate, str) else None
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a PostgreSQL error from psycopg 3 or psycopg2, wrapped
+    by SQLAlchemy or not.
+    """
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
 
 
 def is_transient_error(exc: BaseException) -> bool:
@@ -57,12 +59,12 @@ def is_transient_error(exc: BaseException) -> bool:
     if not isinstance(exc, sa_exc.DBAPIError):
         return False
     orig = exc.orig
-    sqlstate = _sqlstate(exc)
-    if sqlstate is not None:
-        return sqlstate.startswith("40")
-    code = getattr(orig, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF in _SQLITE_TRANSIENT
+    code = sqlstate(exc)
+    if code is not None:
+        return code.startswith("40")
+    errorcode = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(errorcode, int):
+        return errorcode & 0xFF in _SQLITE_TRANSIENT
     args = getattr(orig, "args", ())
     if args and isinstance(args[0], int) and not isinstance(args[0], bool):
         return args[0] in _MYSQL_TRANSIENT
@@ -78,10 +80,8 @@ def is_disconnect(exc: BaseException) -> bool:
         return False
     if exc.connection_invalidated:
         return True
-    sqlstate = _sqlstate(exc)
-    return sqlstate is not None and (
-        sqlstate.startswith("08") or sqlstate in _PG_SERVER_GONE
-    )
+    code = sqlstate(exc)
+    return code is not None and (code.startswith("08") or code in _PG_SERVER_GONE)
 
 
 def lost_connection(exc: BaseException) -> bool:

@@ -10,6 +10,9 @@ hooks, the only moments of a unit of work that the core announces:
     isolation notes the unit so that it can close it.
 ``ended``
     ``hook(unit)``, right after a unit ended and its session was closed.
+``blocks``
+    ``hook(unit)``, when an outermost transaction block begins; it returns a
+    watch that is told how each try ends (telemetry).
 
 What a session is made with is :attr:`State.options`, the keyword
 arguments the core passes to the sessionmaker; test isolation swaps them
@@ -33,6 +36,7 @@ from flask import Response
 from flask.globals import _cv_app
 from flask.globals import _cv_request
 
+from ._unit import BlockWatch
 from ._unit import Unit
 
 if t.TYPE_CHECKING:
@@ -53,6 +57,7 @@ CommitVeto = cabc.Callable[[Response], bool]
 RetryClassifier = cabc.Callable[[BaseException], bool]
 OpenedHook = cabc.Callable[[Unit, orm.Session], None]
 EndedHook = cabc.Callable[[Unit], None]
+BlockHook = cabc.Callable[[Unit], BlockWatch]
 
 _state_numbers = itertools.count(1)
 _NO_APP_CONTEXT = (
@@ -94,6 +99,9 @@ class State:
         self.options: dict[str, t.Any] = {}
         self.opened: list[OpenedHook] = []
         self.ended: list[EndedHook] = []
+        #: ``hook(unit)`` when an outermost transaction begins (its first
+        #: try), returning what watches it; see ``_transaction``.
+        self.blocks: list[BlockHook] = []
         #: How many units of the app have an open session.
         self.live = 0
 

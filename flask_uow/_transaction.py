@@ -27,6 +27,7 @@ from ._retry import backoff
 from ._retry import is_disconnect
 from ._retry import lost_connection
 from ._state import State
+from ._unit import BlockWatch
 from ._unit import Frame
 from ._unit import KEEP
 from ._unit import Unit
@@ -63,6 +64,8 @@ class TransactionBlock:
         self.durable = durable
         self.isolation_level = isolation_level
         self.sqlite_begin = sqlite_begin
+        #: A transactional function's block: its tries are watched as one.
+        self.retrying = False
 
     def __enter__(self) -> orm.Session:
         return self.begin().session
@@ -83,9 +86,10 @@ class TransactionBlock:
             )
         self.end(frames[-1], exc)
 
-    def begin(self) -> Frame:
+    def begin(self, watches: tuple[BlockWatch, ...] = ()) -> Frame:
         """Begin a transaction, or a SAVEPOINT inside the current one, and
-        push its frame on the unit's stack.
+        push its frame on the unit's stack. An outermost transaction is
+        watched by *watches* (a retried function's), or by new ones.
         """
         app, state = self.find_state()
         unit = state.unit(app)
@@ -127,6 +131,8 @@ class TransactionBlock:
                 except BaseException:
                     _restore_begin(frame)
                     raise
+            if state.blocks:
+                frame.watches = watches or tuple(hook(unit) for hook in state.blocks)
         unit.frames.append(frame)
         return frame
 
@@ -153,6 +159,8 @@ class TransactionBlock:
         if frame.savepoint is not None:
             self._end_savepoint(frame, frame.savepoint, keep)
             return
+        committed = False
+        error: BaseException | None = None
         try:
             if not keep:
                 if exc is None:
@@ -166,8 +174,16 @@ class TransactionBlock:
                 ) from frame.doomed
             else:
                 self._commit(frame)
+                committed = True
+        except BaseException as e:
+            error = e
+            raise
         finally:
             _restore_begin(frame)
+            for watch in frame.watches:
+                watch.ended(committed, keep, error)
+                if not self.retrying:
+                    watch.finished()
 
     def _end_savepoint(
         self, frame: Frame, savepoint: orm.SessionTransaction, keep: bool
@@ -267,18 +283,27 @@ class Retrier:
         self.block = TransactionBlock(
             lambda: (app, state), durable, isolation_level, sqlite_begin
         )
+        self.block.retrying = True
+        #: What watches the tries, from the first that began.
+        self.watches: tuple[BlockWatch, ...] = ()
 
     def begin(self) -> Frame | Exception:
         """Begin a try; an outermost transaction that fails to begin (a
         locked SQLite database, say) is returned as its error, to retry.
         """
-        outermost = not self.state.unit(self.app).frames
+        unit = self.state.unit(self.app)
+        outermost = not unit.frames
         try:
-            return self.block.begin()
+            frame = self.block.begin(self.watches)
         except Exception as e:
             if not outermost:
                 raise
+            if self.state.blocks and not self.watches:  # Its retry is watched too.
+                self.watches = tuple(hook(unit) for hook in self.state.blocks)
             return e
+        if frame.watches:
+            self.watches = frame.watches
+        return frame
 
     def next_delay(self, frame: Frame | None, exc: Exception) -> float:
         """Seconds to wait before the next try, or re-raise *exc*. *frame* is
@@ -292,28 +317,34 @@ class Retrier:
         ):
             raise exc
         self.attempt += 1
+        for watch in self.watches:
+            watch.retried(exc, self.attempt)
         session = self.state.session(self.app) if frame is None else frame.session
         before_retry(self.app, session, exc, self.attempt)
         return backoff(self.attempt, self.state.retry_delay, self.state.max_delay)
 
     def call(self, fn: cabc.Callable[..., R], args: t.Any, kwargs: t.Any) -> R:
-        while True:
-            frame = self.begin()
-            if isinstance(frame, Exception):
-                delay = self.next_delay(None, frame)
-                time.sleep(delay)
-                continue
-            try:
+        try:
+            while True:
+                frame = self.begin()
+                if isinstance(frame, Exception):
+                    delay = self.next_delay(None, frame)
+                    time.sleep(delay)
+                    continue
                 try:
-                    result = fn(*args, **kwargs)
-                except BaseException as e:
-                    self.block.end(frame, e)
-                    raise
-                self.block.end(frame, None)
-                return result
-            except Exception as e:
-                delay = self.next_delay(frame, e)
-            time.sleep(delay)
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as e:
+                        self.block.end(frame, e)
+                        raise
+                    self.block.end(frame, None)
+                    return result
+                except Exception as e:
+                    delay = self.next_delay(frame, e)
+                time.sleep(delay)
+        finally:
+            for watch in self.watches:
+                watch.finished()
 
     async def call_async(
         self,
@@ -321,23 +352,27 @@ class Retrier:
         args: t.Any,
         kwargs: t.Any,
     ) -> R:
-        while True:
-            frame = self.begin()
-            if isinstance(frame, Exception):
-                delay = self.next_delay(None, frame)
-                await asyncio.sleep(delay)
-                continue
-            try:
+        try:
+            while True:
+                frame = self.begin()
+                if isinstance(frame, Exception):
+                    delay = self.next_delay(None, frame)
+                    await asyncio.sleep(delay)
+                    continue
                 try:
-                    result = await fn(*args, **kwargs)
-                except BaseException as e:
-                    self.block.end(frame, e)
-                    raise
-                self.block.end(frame, None)
-                return result
-            except Exception as e:
-                delay = self.next_delay(frame, e)
-            await asyncio.sleep(delay)
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except BaseException as e:
+                        self.block.end(frame, e)
+                        raise
+                    self.block.end(frame, None)
+                    return result
+                except Exception as e:
+                    delay = self.next_delay(frame, e)
+                await asyncio.sleep(delay)
+        finally:
+            for watch in self.watches:
+                watch.finished()
 
 
 def run_in_transactions(

@@ -35,6 +35,7 @@ from flask import has_app_context
 from sqlalchemy.dialects import postgresql
 
 from ._engines import same_engine
+from ._retry import sqlstate
 
 if t.TYPE_CHECKING:
     from ._state import State
@@ -109,13 +110,6 @@ def name_of(names: cabc.Mapping[sa.Engine, str], engine: sa.Engine) -> str | Non
         if same_engine(known, engine):
             return name
     return None
-
-
-def sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a PostgreSQL error, wrapped by SQLAlchemy or not."""
-    orig = getattr(exc, "orig", exc)
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return code if isinstance(code, str) else None
 
 
 class Coordinator:
@@ -302,6 +296,13 @@ class Coordinator:
                 " (%s), and settling them failed. Run 'flask uow recover'.",
                 ", ".join(gid for _, _, gid in prepared),
             )
+
+
+def prepared(session: orm.Session) -> bool:
+    """Whether *session*'s commit in progress prepared transactions: it
+    commits with two-phase commit.
+    """
+    return bool(session.info.get(_PREPARED))
 
 
 def _wrote(connection: sa.Connection) -> bool:

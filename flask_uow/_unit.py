@@ -43,6 +43,7 @@ class Unit:
         "savepoints",
         "change_sets",
         "queries",
+        "trace",
     )
 
     def __init__(self, environ: dict[str, t.Any] | None = None) -> None:
@@ -74,6 +75,8 @@ class Unit:
         self.change_sets: dict[orm.SessionTransaction, ChangeSet] = {}
         #: The statements the unit ran, while query insight is on.
         self.queries: UnitQueries | None = None
+        #: What telemetry records of the unit, while it is on.
+        self.trace: UnitTrace | None = None
 
     @property
     def marked_for_rollback(self) -> bool:
@@ -102,6 +105,7 @@ class Frame:
         "committing",
         "doomed",
         "outer_begin",
+        "watches",
     )
 
     def __init__(
@@ -131,3 +135,80 @@ class Frame:
         #: How the session began transactions on SQLite before this outermost
         #: transaction; put back when it ends.
         self.outer_begin: t.Any = KEEP
+        #: What watches an outermost transaction (telemetry), told how each
+        #: try ends; empty unless ``State.blocks`` has hooks.
+        self.watches: tuple[BlockWatch, ...] = ()
+
+
+class BlockWatch(t.Protocol):
+    """What ``State.blocks`` hooks return for an outermost transaction (one
+    ``uow.transaction()`` block, or every try of a transactional function).
+    """
+
+    def ended(self, committed: bool, keep: bool, error: BaseException | None) -> None:
+        """A try ended: committed, or rolled back (*keep* says whether a
+        commit was asked for), *error* being what ended it, if anything.
+        """
+
+    def retried(self, error: BaseException, attempt: int) -> None:
+        """The function runs again after *error*; *attempt* counts retries."""
+
+    def finished(self) -> None:
+        """No try follows."""
+
+
+class UnitTrace:
+    """What telemetry keeps of one unit of work: its span, what its
+    statements were, how its transactions ended. Filled by ``_telemetry``.
+    """
+
+    __slots__ = (
+        "span",
+        "context",
+        "token",
+        "current",
+        "statements",
+        "engines",
+        "open_engines",
+        "connections",
+        "replica",
+        "two_phase",
+        "outcome",
+        "error",
+        "committed",
+        "commit",
+        "commit_start",
+        "fields",
+    )
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        #: The unit's span, its context and the token that made it current;
+        #: None while only SQL comments are on.
+        self.span: t.Any = None
+        self.context: t.Any = None
+        self.token: t.Any = None
+        #: The innermost span of flask_uow's: a transaction block's, or the
+        #: unit's.
+        self.current: t.Any = None
+        self.statements = 0
+        #: Names of the engines the unit used, and that its current
+        #: transaction used.
+        self.engines: set[str] = set()
+        self.open_engines: set[str] = set()
+        #: The ``info`` of the connections of the current transaction that
+        #: point to this (their pool entries' info: it outlives the
+        #: connection objects).
+        self.connections: list[dict[t.Any, t.Any]] = []
+        self.replica = False
+        self.two_phase = False
+        #: How the unit's last transaction ended, and the error that ended it.
+        self.outcome: str | None = None
+        self.error: BaseException | None = None
+        #: The current transaction committed.
+        self.committed = False
+        #: The span of a COMMIT in progress, and when it began.
+        self.commit: t.Any = None
+        self.commit_start = 0.0
+        #: The SQL comment's fields that stay the same for the whole unit,
+        #: encoded, sorted by key.
+        self.fields = fields

@@ -5,6 +5,7 @@ rolled back at the end of each test, even when the app commits.
 from __future__ import annotations
 
 import collections.abc as cabc
+import dataclasses
 import functools
 import types
 import typing as t
@@ -24,6 +25,31 @@ if t.TYPE_CHECKING:
 #: Where a session made under isolation finds its :class:`Isolation`: a key
 #: of its ``info``.
 ISOLATION = "flask_uow.isolation"
+
+
+@dataclasses.dataclass(frozen=True)
+class CapturedTask:
+    """A task that a unit of work enqueued through the outbox
+    (:meth:`~flask_uow.UnitOfWork.enqueue`) and that committed, captured by
+    :class:`Isolation` instead of published.
+
+    .. versionadded:: 0.1
+    """
+
+    #: The outbox row's key: the task id (Celery) or job id (RQ) it gets.
+    key: str
+    #: The task's name: the Celery task name, or the RQ job function's
+    #: dotted name.
+    name: str
+    #: The queue it would go to (``None``: the broker routes it).
+    queue: str | None
+    args: tuple[t.Any, ...]
+    kwargs: dict[str, t.Any]
+    runner: cabc.Callable[[], object] = dataclasses.field(repr=False, compare=False)
+
+    def run(self) -> object:
+        """Run the task in this process, as a worker would; its result."""
+        return self.runner()
 
 
 class Isolation:
@@ -74,6 +100,9 @@ class Isolation:
         self.commits: list[list[Change]] = []
         #: The :meth:`~flask_uow.UnitOfWork.on_commit` callbacks that ran.
         self.callbacks: list[cabc.Callable[[], object]] = []
+        #: The tasks that committed units enqueued, not published while the
+        #: isolation is active; see :meth:`run_tasks`.
+        self.tasks: list[CapturedTask] = []
         #: The units whose session was made under this isolation, still open.
         self._units: set[Unit] = set()
         self._saved_options: dict[str, t.Any] | None = None
@@ -163,6 +192,22 @@ class Isolation:
             return callback()
 
         return run
+
+    def run_tasks(self) -> int:
+        """Run the captured :attr:`tasks` in this process, in the order they
+        were enqueued, and clear the list; tasks they enqueue run too. Their
+        database work is isolated like the rest of the test's.
+
+        :return: How many tasks ran.
+        """
+        ran = 0
+        while self.tasks:
+            tasks, self.tasks = self.tasks, []
+            for task in tasks:
+                with self.app.app_context():
+                    task.run()
+                ran += 1
+        return ran
 
     def _close_connections(self) -> None:
         connections, self.connections = self.connections, {}

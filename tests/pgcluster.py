@@ -56,9 +56,14 @@ def _user() -> str | None:
     return SYSTEM_USER
 
 
-def _run(args: list[str], user: str | None, **kwargs: t.Any) -> str:
+def _run(
+    args: list[str],
+    user: str | None,
+    bin_path: pathlib.Path = POSTGRES_BIN_PATH,
+    **kwargs: t.Any,
+) -> str:
     """Run a PostgreSQL program; on failure raise with its output."""
-    command = [str(POSTGRES_BIN_PATH / args[0]), *args[1:]]
+    command = [str(bin_path / args[0]), *args[1:]]
     result = subprocess.run(
         command, user=user, capture_output=True, text=True, timeout=60, **kwargs
     )
@@ -73,7 +78,16 @@ def _run(args: list[str], user: str | None, **kwargs: t.Any) -> str:
 class Server:
     """One PostgreSQL server with its data and socket in *folder*."""
 
-    def __init__(self, folder: pathlib.Path, user: str | None) -> None:
+    def __init__(
+        self,
+        folder: pathlib.Path,
+        user: str | None,
+        bin_path: pathlib.Path = POSTGRES_BIN_PATH,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        #: The PostgreSQL programs used, and settings beside _SETTINGS.
+        self.bin_path = bin_path
+        self.settings = {**_SETTINGS, **(settings or {})}
         self.folder = folder
         self.data = folder / "data"
         self.socket_dir = folder
@@ -90,14 +104,47 @@ class Server:
         )
 
     def ctl(self, *args: str) -> str:
-        return _run(["pg_ctl", "-D", str(self.data), *args], self.user)
+        return _run(["pg_ctl", "-D", str(self.data), *args], self.user, self.bin_path)
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         options = f"-k {self.socket_dir} " + " ".join(
-            f"-c {name}={value}" for name, value in _SETTINGS.items()
+            f"-c {name}={value}" for name, value in self.settings.items()
         )
         self.ctl("-w", "-t", "30", "-l", str(self.log), "-o", options, "start")
+
+    @classmethod
+    def single(cls, bin_path: pathlib.Path, settings: dict[str, str]) -> Server:
+        """Create and start one server from the programs in *bin_path*, in
+        a temporary folder that :meth:`remove` deletes.
+        """
+        user = _user()
+        root = pathlib.Path(tempfile.mkdtemp(prefix="uowpg-"))
+        server = cls(root / "server", user, bin_path, settings)
+        try:
+            if user is not None:
+                _give_to(root, user)
+            server.folder.mkdir()
+            if user is not None:
+                _give_to(server.folder, user)
+            _run(
+                ["initdb", "-D", str(server.data), "-U", "postgres"]
+                + ["--auth=trust", "--encoding=utf8", "--no-sync"],
+                user,
+                bin_path,
+            )
+            server.start()
+        except BaseException:
+            server.remove()
+            raise
+        return server
+
+    def remove(self) -> None:
+        """Stop the server and delete its folder's parent (see :meth:`single`)."""
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.folder.parent, ignore_errors=True)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; nothing happens if it is not running."""

@@ -32,7 +32,7 @@ def test_example_suite_on_postgresql(
         "--confcutdir",
         str(EXAMPLE_TESTS),
     )
-    result.assert_outcomes(passed=13)
+    result.assert_outcomes(passed=17)
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM accounts")).scalar() == 0
     Base.metadata.drop_all(db.engine)
