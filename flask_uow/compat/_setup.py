@@ -18,12 +18,10 @@ from .model import BindMetaMixin
 from .model import BindMixin
 from .model import DefaultMeta
 from .model import DefaultMetaNoName
+from .model import Extension
 from .model import Model
 from .model import NameMetaMixin
 from .model import NameMixin
-
-if t.TYPE_CHECKING:
-    from .extension import SQLAlchemy
 
 _NO_URL = "Either 'SQLALCHEMY_DATABASE_URI' or 'SQLALCHEMY_BINDS' must be set."
 
@@ -100,7 +98,7 @@ def declarative_bases_2x(model_class: type[t.Any]) -> list[type[t.Any]]:
 
 
 def make_model(
-    db: SQLAlchemy,
+    db: Extension,
     model_class: type[t.Any],
     disable_autonaming: bool,
     metadata: sa.MetaData | None,
@@ -132,7 +130,7 @@ def make_model(
 
 
 def _model_2x(
-    db: SQLAlchemy,
+    db: Extension,
     model_class: type[t.Any],
     disable_autonaming: bool,
     metadata: sa.MetaData | None,

@@ -18,7 +18,6 @@ from flask import Flask
 from flask import g
 
 from .. import UnitOfWork
-from . import track_modifications
 from ._setup import engine_options
 from ._setup import make_model
 from .cli import add_models_to_shell
@@ -28,6 +27,7 @@ from .pagination import Pagination
 from .pagination import SelectPagination
 from .query import Query
 from .session import Session
+from .track_modifications import _listen as listen_for_modifications
 
 _ALREADY = (
     "A 'SQLAlchemy' instance has already been registered on this Flask app."
@@ -160,7 +160,7 @@ class SQLAlchemy:
         if self._add_models_to_shell:
             app.shell_context_processor(add_models_to_shell)
         if config["SQLALCHEMY_TRACK_MODIFICATIONS"]:
-            track_modifications._listen(app)
+            listen_for_modifications(app)
         app.teardown_request(_forget_login_user)
 
     def _make_metadata(self, bind_key: str | None) -> sa.MetaData:

@@ -14,7 +14,7 @@ import sqlalchemy.orm as orm
 from .query import Query
 
 if t.TYPE_CHECKING:
-    from .extension import SQLAlchemy
+    from .._current import CurrentSession
 
 _WORD_START = re.compile(r"((?<=[a-z0-9])[A-Z]|(?!^)[A-Z](?=[a-z]))")
 _BASES_2X = (orm.DeclarativeBase, orm.DeclarativeBaseNoMeta)
@@ -26,6 +26,19 @@ def camel_to_snake_case(name: str) -> str:
     lower-case letter), all in lower case.
     """
     return _WORD_START.sub(r"_\1", name).lower().lstrip("_")
+
+
+class Extension(t.Protocol):
+    """What the models need of their :class:`~flask_uow.compat.SQLAlchemy`
+    (named here, not imported, so that the modules of the package import
+    each other one way only).
+    """
+
+    Query: type[Query]
+    metadatas: dict[str | None, sa.MetaData]
+    session: CurrentSession
+
+    def _make_metadata(self, bind_key: str | None) -> sa.MetaData: ...
 
 
 class _QueryProperty:
@@ -41,7 +54,7 @@ class Model:
     """
 
     if t.TYPE_CHECKING:
-        __fsa__: SQLAlchemy
+        __fsa__: Extension
         query_class: type[Query]
         query: Query
 
