@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -296,13 +297,20 @@ def uwsgi(
             env={**os.environ, "PRELOAD_ENTRY": entry},
             stdout=log,
             stderr=log,
+            start_new_session=True,
         )
         try:
             _wait_until_up(port, process)
             yield port, logs
         finally:
             process.terminate()
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                # uWSGI's master can wait for its workers' "mercy" period on a
+                # busy machine; the test's requests are over, so end them all.
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
             log.seek(0)
             logs.append(log.read()[-4000:].decode(errors="replace"))
 
